@@ -190,7 +190,9 @@ impl Screenshot {
         }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(compact.as_bytes())
-            .map_err(|e| FieldError::new(field, "invalid_format", format!("invalid base64: {e}")))?;
+            .map_err(|e| {
+                FieldError::new(field, "invalid_format", format!("invalid base64: {e}"))
+            })?;
         Self::from_bytes(field, bytes)
     }
 
@@ -199,7 +201,11 @@ impl Screenshot {
             return Err(too_long(field, limits::SCREENSHOT_BYTES, "decoded bytes"));
         }
         let format = ScreenshotFormat::sniff(&bytes).ok_or_else(|| {
-            FieldError::new(field, "invalid_format", "screenshot must be a PNG or JPEG image")
+            FieldError::new(
+                field,
+                "invalid_format",
+                "screenshot must be a PNG or JPEG image",
+            )
         })?;
         Ok(Self { format, bytes })
     }
@@ -285,8 +291,11 @@ struct Checker {
 impl Checker {
     fn text(&mut self, field: &str, value: &str, max: usize) {
         if value.contains('\0') {
-            self.errors
-                .push(FieldError::new(field, "nul_byte", "must not contain NUL bytes"));
+            self.errors.push(FieldError::new(
+                field,
+                "nul_byte",
+                "must not contain NUL bytes",
+            ));
         } else if value.len() > max {
             self.errors.push(too_long(field, max, "bytes"));
         }
@@ -342,7 +351,11 @@ impl Episode {
             limits::ACTIONS_MAX,
             limits::ACTION_BYTES,
         );
-        c.text("error_trace", &fields.error_trace, limits::ERROR_TRACE_BYTES);
+        c.text(
+            "error_trace",
+            &fields.error_trace,
+            limits::ERROR_TRACE_BYTES,
+        );
         let error_class = match fields.error_class.as_deref() {
             None => ErrorClass::Unknown,
             Some(s) => s.parse().unwrap_or_else(|e| {
@@ -350,8 +363,17 @@ impl Episode {
                 ErrorClass::Unknown
             }),
         };
-        let tool_chain: Vec<String> = fields.tool_chain.iter().map(|t| normalise_name(t)).collect();
-        c.list("tool_chain", &tool_chain, limits::TOOLS_MAX, limits::TOOL_BYTES);
+        let tool_chain: Vec<String> = fields
+            .tool_chain
+            .iter()
+            .map(|t| normalise_name(t))
+            .collect();
+        c.list(
+            "tool_chain",
+            &tool_chain,
+            limits::TOOLS_MAX,
+            limits::TOOL_BYTES,
+        );
         for (i, t) in tool_chain.iter().enumerate() {
             if t.chars().any(char::is_whitespace) {
                 c.errors.push(FieldError::new(
@@ -593,7 +615,10 @@ mod tests {
 
     #[test]
     fn missing_or_blank_goal_is_named() {
-        assert_eq!(first_field(Episode::parse(EpisodeFields::default())), "goal");
+        assert_eq!(
+            first_field(Episode::parse(EpisodeFields::default())),
+            "goal"
+        );
         let mut f = minimal();
         f.goal = Some("   ".into());
         assert_eq!(first_field(Episode::parse(f)), "goal");
@@ -622,7 +647,8 @@ mod tests {
         f.tags = vec!["t".into(); limits::TAGS_MAX + 1];
         assert_eq!(first_field(Episode::parse(f)), "tags");
         let mut f = minimal();
-        f.environment.insert("os".into(), "x".repeat(limits::ENV_VALUE_BYTES + 1));
+        f.environment
+            .insert("os".into(), "x".repeat(limits::ENV_VALUE_BYTES + 1));
         assert_eq!(first_field(Episode::parse(f)), "environment.os");
         let mut f = minimal();
         f.tool_chain = vec!["kube ctl".into()];

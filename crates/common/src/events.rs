@@ -122,6 +122,36 @@ impl ConsumerSpec {
     }
 }
 
+/// Deserialisable settings for a [`Topology`] (`EM_<SERVICE>__EVENTS__*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopologySettings {
+    /// Subject prefix (`episodic` in production).
+    pub prefix: String,
+    /// JetStream stream replicas.
+    pub replicas: usize,
+    /// How long episode events stay in the stream, in seconds.
+    pub retention_secs: u64,
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        Self {
+            prefix: "episodic".to_owned(),
+            replicas: 1,
+            retention_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl TopologySettings {
+    pub fn build(&self) -> Result<Topology, PrefixError> {
+        Ok(Topology::new(&self.prefix)?
+            .with_replicas(self.replicas)
+            .with_retention(Duration::from_secs(self.retention_secs)))
+    }
+}
+
 /// Every subject, stream and consumer name, under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -495,7 +525,10 @@ mod tests {
             t.episode_subject(Stage::Captured, tenant),
             format!("episodic.v1.episodes.captured.{tenant}")
         );
-        assert_eq!(t.stage_filter(Stage::Stored), "episodic.v1.episodes.stored.*");
+        assert_eq!(
+            t.stage_filter(Stage::Stored),
+            "episodic.v1.episodes.stored.*"
+        );
         assert_eq!(
             t.dead_letter_subject("embedder", &t.episode_subject(Stage::Captured, tenant)),
             format!("episodic.v1.dlq.embedder.{tenant}")

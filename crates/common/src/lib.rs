@@ -11,6 +11,10 @@ pub mod embedding;
 pub mod episode;
 pub mod events;
 pub mod ids;
+pub mod settings;
+#[cfg(feature = "runtime")]
+pub mod shutdown;
+pub mod telemetry;
 pub mod time_util;
 pub mod vector;
 

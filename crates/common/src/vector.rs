@@ -53,6 +53,36 @@ pub mod meta {
     pub const RESERVED: [&str; 3] = ["__namespace__", "__tenant_id__", "__tenant_idx__"];
 }
 
+/// The filterable metadata of an episode's vectors (see [`meta`]): error class, capture
+/// time, and one membership key per tool and per tag. The store adds tenant and episode.
+pub fn episode_metadata(
+    episode: &crate::episode::Episode,
+    captured_at: time::OffsetDateTime,
+) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        meta::ERROR_CLASS.to_owned(),
+        episode.error_class().as_str().to_owned(),
+    );
+    m.insert(
+        meta::CAPTURED_AT.to_owned(),
+        crate::time_util::to_unix_micros(captured_at).to_string(),
+    );
+    for tool in episode.tool_chain() {
+        m.insert(
+            format!("{}{tool}", meta::TOOL_PREFIX),
+            meta::PRESENT.to_owned(),
+        );
+    }
+    for tag in episode.tags() {
+        m.insert(
+            format!("{}{tag}", meta::TAG_PREFIX),
+            meta::PRESENT.to_owned(),
+        );
+    }
+    m
+}
+
 /// One vector with its metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorRecord {
@@ -67,8 +97,14 @@ pub struct VectorRecord {
 /// A metadata filter, mirroring what KyroDB can evaluate server-side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataFilter {
-    Exact { key: String, value: String },
-    In { key: String, values: Vec<String> },
+    Exact {
+        key: String,
+        value: String,
+    },
+    In {
+        key: String,
+        values: Vec<String>,
+    },
     /// Inclusive/exclusive bounds; compared numerically when both sides parse as numbers.
     Range {
         key: String,
@@ -240,7 +276,11 @@ mod tests {
 
     #[test]
     fn filters_evaluate() {
-        let m = md(&[("tool:kubectl", "1"), ("error_class", "network_error"), ("t", "10")]);
+        let m = md(&[
+            ("tool:kubectl", "1"),
+            ("error_class", "network_error"),
+            ("t", "10"),
+        ]);
         assert!(MetadataFilter::exact("tool:kubectl", "1").matches(&m));
         assert!(!MetadataFilter::exact("tool:helm", "1").matches(&m));
         let range = |bound, value: &str| MetadataFilter::Range {

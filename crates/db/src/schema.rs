@@ -1,0 +1,56 @@
+//! The diesel schema. Written by hand (no diesel CLI, no libpq) and kept in step with
+//! `migrations/`; one schema serves both backends because the migrations use only portable
+//! types (TEXT, BIGINT).
+
+diesel::table! {
+    tenants (id) {
+        id -> Text,
+        name -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_keys (key_id) {
+        key_id -> Text,
+        tenant_id -> Text,
+        secret_hash -> Text,
+        name -> Text,
+        created_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    captures (episode_id) {
+        episode_id -> Text,
+        tenant_id -> Text,
+        idempotency_key -> Nullable<Text>,
+        request_hash -> Text,
+        accepted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    episodes (id) {
+        id -> Text,
+        tenant_id -> Text,
+        vector_id -> BigInt,
+        document -> Text,
+        error_class -> Text,
+        screenshot_format -> Nullable<Text>,
+        screenshot -> Nullable<Text>,
+        text_embedding -> Text,
+        text_model -> Text,
+        image_embedding -> Nullable<Text>,
+        image_model -> Nullable<Text>,
+        image_status -> Text,
+        redactions -> Text,
+        captured_at -> BigInt,
+        stored_at -> BigInt,
+    }
+}
+
+diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::allow_tables_to_appear_in_same_query!(tenants, api_keys, captures, episodes);

@@ -1,0 +1,492 @@
+//! Repository tests, each run against both PostgreSQL and SQLite.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::events::{ImageStatus, RedactionCount};
+use common::time_util::now_micros;
+use common::{Embedding, Episode, EpisodeFields, EpisodeId, TenantId, VectorId};
+use db::{
+    Backend, Db, DbConfig, DbError, InsertOutcome, NewApiKey, NewCapture, Reservation,
+    StoredEpisode,
+};
+use test_support::db::TestDb;
+
+/// Generates `mod $name { postgres, sqlite }`: the same async body on a fresh database of each
+/// backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let t = test_support::db::TestDb::postgres().await;
+                    super::$name(&t.db).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let t = test_support::db::TestDb::sqlite().await;
+                    super::$name(&t.db).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    migrations_are_idempotent,
+    tenant_and_key_round_trip,
+    revoked_key_is_visible,
+    reserve_capture_race_has_one_winner,
+    reserve_capture_without_key,
+    episode_insert_is_idempotent,
+    get_episode_is_tenant_scoped,
+    embeddings_round_trip_bit_exactly,
+    scan_visits_every_row_once,
+    concurrent_inserts_succeed,
+);
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR fake but sniffable";
+
+fn episode(goal: &str, screenshot: bool) -> Episode {
+    use base64::Engine as _;
+    Episode::parse(EpisodeFields {
+        goal: Some(goal.to_owned()),
+        actions_taken: vec!["cargo build".into(), "cargo test".into()],
+        error_trace: "error[E0599]: no method named `foo`".into(),
+        error_class: Some("dependency_error".into()),
+        tool_chain: vec!["cargo".into(), "rustc".into()],
+        environment: [("os".to_owned(), "linux".to_owned())].into(),
+        resolution: Some("pin the crate".into()),
+        tags: vec!["rust".into()],
+        screenshot: screenshot.then(|| base64::engine::general_purpose::STANDARD.encode(PNG)),
+        code_state_diff: Some("- a\n+ b".into()),
+        episode_type: None,
+    })
+    .expect("valid episode")
+}
+
+/// A pseudo-random unit vector (deterministic per seed).
+fn embedding(seed: u64, dim: usize) -> Embedding {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values = (0..dim)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    Embedding::new(values).expect("valid embedding")
+}
+
+/// What reading `e` back must give. `Embedding::from_le_bytes` re-normalises, and dividing
+/// an (already unit) vector by its recomputed f32 norm can move the last bit of some values,
+/// so the database must reproduce exactly what `common`'s own byte round trip gives. Once
+/// `common` keeps unit vectors as they are, this is `e` itself, bit for bit.
+fn read_back(e: &StoredEpisode) -> StoredEpisode {
+    let via_bytes =
+        |v: &Embedding| Embedding::from_le_bytes(&v.to_le_bytes()).expect("valid bytes");
+    StoredEpisode {
+        text_embedding: via_bytes(&e.text_embedding),
+        image_embedding: e.image_embedding.as_ref().map(via_bytes),
+        ..e.clone()
+    }
+}
+
+fn stored(tenant: TenantId, seed: u64) -> StoredEpisode {
+    let id = EpisodeId::new();
+    let with_image = seed.is_multiple_of(2);
+    StoredEpisode {
+        id,
+        tenant_id: tenant,
+        vector_id: VectorId::for_episode(tenant, id),
+        episode: episode(&format!("goal {seed}"), with_image),
+        text_embedding: embedding(seed, common::TEXT_DIM),
+        text_model: "all-MiniLM-L6-v2".into(),
+        image_status: if with_image {
+            ImageStatus::Embedded
+        } else {
+            ImageStatus::None
+        },
+        image_embedding: with_image.then(|| embedding(seed + 1, common::IMAGE_DIM)),
+        image_model: with_image.then(|| "clip-vit-b-32".to_owned()),
+        redactions: vec![RedactionCount {
+            kind: "email".into(),
+            count: 2,
+        }],
+        captured_at: now_micros(),
+        stored_at: now_micros(),
+    }
+}
+
+async fn migrations_are_idempotent(db: &Db) {
+    // TestDb already migrated: nothing is pending, twice over.
+    assert_eq!(db.migrate().await.expect("migrate"), Vec::<String>::new());
+    assert_eq!(db.migrate().await.expect("migrate"), Vec::<String>::new());
+    db.health().await.expect("healthy");
+}
+
+async fn tenant_and_key_round_trip(db: &Db) {
+    let tenant = db.create_tenant("acme").await.expect("create tenant");
+    assert_eq!(
+        db.get_tenant(tenant.id).await.expect("get"),
+        Some(tenant.clone())
+    );
+    assert_eq!(db.get_tenant(TenantId::new()).await.expect("get"), None);
+
+    let key = NewApiKey {
+        key_id: format!("em_{}", EpisodeId::new().as_uuid().simple()),
+        tenant_id: tenant.id,
+        secret_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        name: "ci".into(),
+        created_at: now_micros(),
+    };
+    db.insert_api_key(&key).await.expect("insert key");
+    let found = db
+        .find_api_key(&key.key_id)
+        .await
+        .expect("find")
+        .expect("present");
+    assert_eq!(found.tenant_id, tenant.id);
+    assert_eq!(found.secret_hash, key.secret_hash);
+    assert_eq!(found.created_at, key.created_at);
+    assert_eq!((found.last_used_at, found.revoked_at), (None, None));
+
+    let used = now_micros();
+    assert!(db.touch_api_key(&key.key_id, used).await.expect("touch"));
+    assert!(!db.touch_api_key("nope", used).await.expect("touch"));
+    let found = db.find_api_key(&key.key_id).await.expect("find");
+    assert_eq!(found.and_then(|k| k.last_used_at), Some(used));
+    assert_eq!(db.find_api_key("nope").await.expect("find"), None);
+
+    // Duplicate id, and a key for an unknown tenant (foreign key enforced on SQLite too).
+    assert!(matches!(
+        db.insert_api_key(&key).await,
+        Err(DbError::Conflict(_))
+    ));
+    let orphan = NewApiKey {
+        key_id: "orphan".into(),
+        tenant_id: TenantId::new(),
+        ..key.clone()
+    };
+    assert!(matches!(
+        db.insert_api_key(&orphan).await,
+        Err(DbError::Conflict(_))
+    ));
+}
+
+async fn revoked_key_is_visible(db: &Db) {
+    let tenant = db.create_tenant("acme").await.expect("create tenant");
+    let key = NewApiKey {
+        key_id: "k1".into(),
+        tenant_id: tenant.id,
+        secret_hash: "h".into(),
+        name: "laptop".into(),
+        created_at: now_micros(),
+    };
+    db.insert_api_key(&key).await.expect("insert key");
+    let at = now_micros();
+    assert!(db.revoke_api_key("k1", at).await.expect("revoke"));
+    assert!(
+        !db.revoke_api_key("k1", now_micros())
+            .await
+            .expect("revoke again")
+    );
+    let found = db.find_api_key("k1").await.expect("find").expect("present");
+    assert_eq!(found.revoked_at, Some(at));
+}
+
+async fn reserve_capture_race_has_one_winner(db: &Db) {
+    let tenant = TenantId::new();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let id = EpisodeId::new();
+                let r = db
+                    .reserve_capture(&NewCapture {
+                        tenant_id: tenant,
+                        episode_id: id,
+                        idempotency_key: Some("same-key".into()),
+                        request_hash: format!("hash-{i}"),
+                    })
+                    .await;
+                (id, i, r)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut existing = Vec::new();
+    for t in futures::future::join_all(tasks).await {
+        let (id, i, r) = t.expect("task");
+        match r.expect("reserve") {
+            Reservation::Reserved => winners.push((id, i)),
+            Reservation::Existing {
+                episode_id,
+                request_hash,
+            } => existing.push((episode_id, request_hash)),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one reservation wins");
+    let (winner, i) = winners[0];
+    assert_eq!(existing.len(), 49);
+    assert!(
+        existing
+            .iter()
+            .all(|(id, h)| *id == winner && *h == format!("hash-{i}"))
+    );
+    let record = db
+        .get_capture(tenant, winner)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(record.idempotency_key.as_deref(), Some("same-key"));
+    // Another tenant may use the same key; and the capture is invisible to it.
+    let other = TenantId::new();
+    assert_eq!(db.get_capture(other, winner).await.expect("get"), None);
+    let r = db
+        .reserve_capture(&NewCapture {
+            tenant_id: other,
+            episode_id: EpisodeId::new(),
+            idempotency_key: Some("same-key".into()),
+            request_hash: "x".into(),
+        })
+        .await
+        .expect("reserve");
+    assert_eq!(r, Reservation::Reserved);
+}
+
+async fn reserve_capture_without_key(db: &Db) {
+    let tenant = TenantId::new();
+    let capture = NewCapture {
+        tenant_id: tenant,
+        episode_id: EpisodeId::new(),
+        idempotency_key: None,
+        request_hash: "h".into(),
+    };
+    // NULL keys never collide with each other.
+    let second = NewCapture {
+        episode_id: EpisodeId::new(),
+        ..capture.clone()
+    };
+    assert_eq!(
+        db.reserve_capture(&capture).await.expect("reserve"),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        db.reserve_capture(&second).await.expect("reserve"),
+        Reservation::Reserved
+    );
+    // The same episode again is the existing one.
+    assert_eq!(
+        db.reserve_capture(&capture).await.expect("reserve"),
+        Reservation::Existing {
+            episode_id: capture.episode_id,
+            request_hash: "h".into()
+        }
+    );
+}
+
+async fn episode_insert_is_idempotent(db: &Db) {
+    let tenant = TenantId::new();
+    let e = stored(tenant, 2);
+    assert_eq!(
+        db.insert_episode(&e).await.expect("insert"),
+        InsertOutcome::Inserted
+    );
+    let mut changed = e.clone();
+    changed.text_model = "other-model".into();
+    changed.stored_at = now_micros() + time::Duration::seconds(5);
+    assert_eq!(
+        db.insert_episode(&changed).await.expect("insert again"),
+        InsertOutcome::AlreadyExists
+    );
+    assert_eq!(
+        db.get_episode(tenant, e.id).await.expect("get"),
+        Some(read_back(&e))
+    );
+    assert_eq!(db.count_episodes(tenant).await.expect("count"), 1);
+    assert_eq!(db.count_all_episodes().await.expect("count"), 1);
+}
+
+async fn get_episode_is_tenant_scoped(db: &Db) {
+    let (a, b) = (TenantId::new(), TenantId::new());
+    let ea = stored(a, 1);
+    let eb = stored(b, 2);
+    db.insert_episode(&ea).await.expect("insert");
+    db.insert_episode(&eb).await.expect("insert");
+    assert_eq!(
+        db.get_episode(a, ea.id).await.expect("get"),
+        Some(read_back(&ea))
+    );
+    assert_eq!(db.get_episode(b, ea.id).await.expect("get"), None);
+    assert_eq!(db.get_episode(a, eb.id).await.expect("get"), None);
+    assert_eq!(
+        db.get_episode(a, EpisodeId::new()).await.expect("get"),
+        None
+    );
+    assert_eq!(db.count_episodes(a).await.expect("count"), 1);
+    assert_eq!(db.count_episodes(TenantId::new()).await.expect("count"), 0);
+    assert_eq!(db.count_all_episodes().await.expect("count"), 2);
+}
+
+async fn embeddings_round_trip_bit_exactly(db: &Db) {
+    let tenant = TenantId::new();
+    let bits = |v: &Embedding| v.as_slice().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for seed in 0..20 {
+        let e = stored(tenant, seed);
+        db.insert_episode(&e).await.expect("insert");
+        let back = db
+            .get_episode(tenant, e.id)
+            .await
+            .expect("get")
+            .expect("present");
+        let expected = read_back(&e);
+        // Storage adds nothing: exactly the bits of common's own byte round trip.
+        assert_eq!(
+            bits(&back.text_embedding),
+            bits(&expected.text_embedding),
+            "seed {seed}"
+        );
+        assert_eq!(
+            back.image_embedding.as_ref().map(bits),
+            expected.image_embedding.as_ref().map(bits)
+        );
+        assert!(back.text_embedding.cosine(&e.text_embedding) > 0.999_999);
+        assert_eq!(
+            back.episode.screenshot().map(|s| s.bytes().to_vec()),
+            seed.is_multiple_of(2).then(|| PNG.to_vec())
+        );
+        assert_eq!(back, expected);
+    }
+}
+
+async fn scan_visits_every_row_once(db: &Db) {
+    let tenants = [TenantId::new(), TenantId::new(), TenantId::new()];
+    let mut expected = HashSet::new();
+    for i in 0..23u64 {
+        let e = stored(tenants[(i % 3) as usize], i);
+        expected.insert(e.id);
+        db.insert_episode(&e).await.expect("insert");
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = db.scan_episodes(after, 5).await.expect("scan");
+        assert!(page.len() <= 5);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.iter().map(|e| e.id));
+    }
+    assert_eq!(seen.len(), 23);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ordered by id");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected);
+}
+
+async fn concurrent_inserts_succeed(db: &Db) {
+    let tenant = TenantId::new();
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move { db.insert_episode(&stored(tenant, i)).await })
+        })
+        .collect();
+    for t in futures::future::join_all(tasks).await {
+        assert_eq!(t.expect("task").expect("insert"), InsertOutcome::Inserted);
+    }
+    assert_eq!(db.count_episodes(tenant).await.expect("count"), 200);
+}
+
+#[tokio::test]
+async fn test_db_backends_are_what_they_say() {
+    assert_eq!(TestDb::postgres().await.db.backend(), Backend::Postgres);
+    assert_eq!(TestDb::sqlite().await.db.backend(), Backend::Sqlite);
+}
+
+fn config(url: &str, timeout: Duration) -> DbConfig {
+    DbConfig {
+        connect_timeout: timeout,
+        ..DbConfig::new(url)
+    }
+}
+
+#[tokio::test]
+async fn closed_port_is_unavailable_quickly() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port();
+    let started = Instant::now();
+    let err = Db::connect(&config(
+        &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        Duration::from_secs(2),
+    ))
+    .await
+    .expect_err("nothing listens there");
+    assert!(matches!(err, DbError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn silent_server_is_unavailable_after_the_timeout() {
+    // Accepts TCP connections (backlog) but never speaks: must time out, not hang.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let started = Instant::now();
+    let err = Db::connect(&config(
+        &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        Duration::from_millis(500),
+    ))
+    .await
+    .expect_err("the server never answers");
+    assert!(matches!(err, DbError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(listener);
+}
+
+#[tokio::test]
+async fn bad_urls_are_config_errors() {
+    let err = Db::connect(&DbConfig::new("mysql://root@localhost/x"))
+        .await
+        .expect_err("unsupported");
+    assert!(matches!(err, DbError::Config(_)));
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works() {
+    let db = Db::connect(&DbConfig::new("sqlite::memory:"))
+        .await
+        .expect("connect");
+    assert_eq!(db.migrate().await.expect("migrate").len(), 1);
+    let t = db.create_tenant("mem").await.expect("tenant");
+    assert_eq!(db.get_tenant(t.id).await.expect("get"), Some(t));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sqlite_handles_on_one_file_do_not_lock_each_other_out() {
+    // e.g. two services of the standalone binary that each opened the file.
+    let t = TestDb::sqlite().await;
+    let other = Db::connect(&t.config()).await.expect("second handle");
+    let tenant = TenantId::new();
+    let tasks: Vec<_> = (0..100u64)
+        .map(|i| {
+            let db = if i % 2 == 0 {
+                t.db.clone()
+            } else {
+                other.clone()
+            };
+            tokio::spawn(async move { db.insert_episode(&stored(tenant, i)).await })
+        })
+        .collect();
+    for r in futures::future::join_all(tasks).await {
+        assert_eq!(r.expect("task").expect("insert"), InsertOutcome::Inserted);
+    }
+    assert_eq!(other.count_episodes(tenant).await.expect("count"), 100);
+}

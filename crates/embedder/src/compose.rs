@@ -1,0 +1,228 @@
+//! The text an episode is embedded as (documented in docs/EMBEDDING.md).
+//!
+//! The model reads at most 256 tokens, so the order is by importance and the error trace is
+//! condensed to its informative lines:
+//!
+//! ```text
+//! <goal>
+//! <error class in words>. Tools: <tool chain>.
+//! Error: <condensed error trace>
+//! Steps: <actions taken, "; "-separated>
+//! Tags: <tags>
+//! ```
+//!
+//! Condensing the trace: ANSI escapes are removed, whitespace collapsed, repeated lines and
+//! stack-frame lines (beyond the first two) dropped, and lines naming an error ("error",
+//! "failed", "denied", "not found", …) are kept first, up to [`TRACE_BUDGET`] bytes, in
+//! their original order. The resolution is not embedded: queries describe symptoms and
+//! goals, and the fix would dilute them.
+
+use std::collections::HashSet;
+
+use common::Episode;
+
+/// Bytes of condensed error trace kept.
+pub const TRACE_BUDGET: usize = 900;
+/// Bytes of actions kept.
+pub const ACTIONS_BUDGET: usize = 400;
+
+const SIGNAL_WORDS: [&str; 16] = [
+    "error",
+    "fail",
+    "denied",
+    "not found",
+    "cannot",
+    "can't",
+    "unable",
+    "invalid",
+    "refused",
+    "timeout",
+    "timed out",
+    "forbidden",
+    "unauthorized",
+    "exception",
+    "panic",
+    "conflict",
+];
+
+/// The text embedded for an episode.
+pub fn episode_text(episode: &Episode) -> String {
+    let mut out = String::with_capacity(2048);
+    out.push_str(episode.goal().trim());
+    out.push('\n');
+    out.push_str(&episode.error_class().as_str().replace('_', " "));
+    out.push('.');
+    if !episode.tool_chain().is_empty() {
+        out.push_str(" Tools: ");
+        out.push_str(&episode.tool_chain().join(", "));
+        out.push('.');
+    }
+    let trace = condense_trace(episode.error_trace(), TRACE_BUDGET);
+    if !trace.is_empty() {
+        out.push_str("\nError: ");
+        out.push_str(&trace);
+    }
+    if !episode.actions_taken().is_empty() {
+        let actions = episode
+            .actions_taken()
+            .iter()
+            .map(|a| collapse_whitespace(a))
+            .collect::<Vec<_>>()
+            .join("; ");
+        out.push_str("\nSteps: ");
+        out.push_str(&clip(&actions, ACTIONS_BUDGET));
+    }
+    if !episode.tags().is_empty() {
+        out.push_str("\nTags: ");
+        out.push_str(&episode.tags().join(", "));
+    }
+    out
+}
+
+/// The informative lines of an error trace, at most `budget` bytes.
+pub fn condense_trace(trace: &str, budget: usize) -> String {
+    let mut seen = HashSet::new();
+    let mut frames = 0usize;
+    let lines: Vec<String> = strip_ansi(trace)
+        .lines()
+        .map(collapse_whitespace)
+        .filter(|l| !l.is_empty())
+        .filter(|l| seen.insert(l.clone()))
+        .filter(|l| {
+            if is_stack_frame(l) {
+                frames += 1;
+                frames <= 2
+            } else {
+                true
+            }
+        })
+        .collect();
+    let signal: Vec<bool> = lines.iter().map(|l| has_signal(l)).collect();
+    let mut keep = vec![false; lines.len()];
+    let mut used = 0usize;
+    // Error lines first, then the rest, each in original order, within the budget.
+    for pass in [true, false] {
+        for (i, line) in lines.iter().enumerate() {
+            if keep[i] || signal[i] != pass {
+                continue;
+            }
+            let cost = line.len() + 1;
+            if used + cost <= budget {
+                keep[i] = true;
+                used += cost;
+            } else if used < budget / 2 {
+                // A long first line: keep its head rather than nothing.
+                keep[i] = true;
+                used = budget;
+            }
+        }
+    }
+    let kept: Vec<&str> = lines
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(l, _)| l.as_str())
+        .collect();
+    clip(&kept.join(" | "), budget)
+}
+
+fn has_signal(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    SIGNAL_WORDS.iter().any(|w| lower.contains(w))
+}
+
+fn is_stack_frame(line: &str) -> bool {
+    line.starts_with("at ")
+        || line.starts_with("File \"")
+        || (line.starts_with('#') && line[1..].starts_with(|c: char| c.is_ascii_digit()))
+        || line.starts_with("frame #")
+}
+
+fn collapse_whitespace(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // CSI: parameters, then one final byte in @..~
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// At most `max` bytes, cut at a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    common::episode::truncate_to(s.to_owned(), max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::EpisodeFields;
+
+    fn episode(trace: &str) -> Episode {
+        Episode::parse(EpisodeFields {
+            goal: Some("Deploy the api".into()),
+            error_trace: trace.into(),
+            error_class: Some("permission_error".into()),
+            tool_chain: vec!["kubectl".into(), "helm".into()],
+            actions_taken: vec!["kubectl   apply -f x.yaml".into()],
+            tags: vec!["rbac".into()],
+            resolution: Some("SECRET-FIX-TEXT".into()),
+            ..Default::default()
+        })
+        .expect("valid")
+    }
+
+    #[test]
+    fn composition_orders_fields_and_omits_resolution() {
+        let text = episode_text(&episode("Error from server (Forbidden): nope"));
+        assert!(text.starts_with("Deploy the api\npermission error. Tools: kubectl, helm."));
+        assert!(text.contains("Error: Error from server (Forbidden): nope"));
+        assert!(text.contains("Steps: kubectl apply -f x.yaml"));
+        assert!(text.ends_with("Tags: rbac"));
+        assert!(!text.contains("SECRET-FIX-TEXT"));
+    }
+
+    #[test]
+    fn condensing_prefers_error_lines_and_drops_noise() {
+        let mut trace = String::from("\u{1b}[31mERROR\u{1b}[0m: build failed\n");
+        for i in 0..200 {
+            trace.push_str(&format!("    at com.acme.Foo.bar(Foo.java:{i})\n"));
+        }
+        trace.push_str("noise line\nnoise line\n");
+        trace.push_str(&"x".repeat(2000));
+        trace.push_str("\nCaused by: permission denied on /var/run/docker.sock\n");
+        let c = condense_trace(&trace, TRACE_BUDGET);
+        assert!(c.len() <= TRACE_BUDGET);
+        assert!(c.starts_with("ERROR: build failed"));
+        assert!(c.contains("permission denied on /var/run/docker.sock"));
+        assert_eq!(c.matches("Foo.java").count(), 2);
+        assert_eq!(c.matches("noise line").count(), 1);
+        assert!(!c.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn long_single_line_keeps_its_head() {
+        let c = condense_trace(&"é".repeat(5000), 100);
+        assert!(!c.is_empty() && c.len() <= 100);
+    }
+
+    #[test]
+    fn empty_trace_is_omitted() {
+        assert!(!episode_text(&episode("")).contains("Error:"));
+    }
+}

@@ -1,0 +1,58 @@
+//! `POST /api/v1/capture`
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use common::{Episode, EpisodeFields};
+use serde::Serialize;
+
+use crate::AppState;
+use crate::capture::IdempotencyKey;
+use crate::error::ApiError;
+use crate::routes::{parse_json, read_body, require_json, tenant};
+
+#[derive(Serialize)]
+struct AcceptedBody {
+    episode_id: String,
+    status: &'static str,
+}
+
+pub async fn capture(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req, &state).await?;
+    require_json(&req)?;
+    let idempotency_key = req
+        .headers()
+        .get(IdempotencyKey::HEADER)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::validation(
+                        IdempotencyKey::HEADER,
+                        "invalid_format",
+                        "must be visible ASCII",
+                    )
+                })
+                .and_then(IdempotencyKey::parse)
+        })
+        .transpose()?;
+    let body = read_body(&req, payload, state.body_limit).await?;
+    let fields: EpisodeFields = parse_json(&body)?;
+    let episode = Episode::parse(fields).map_err(|e| ApiError::Validation(e.0))?;
+    let accepted = state
+        .capture
+        .capture(tenant, episode, idempotency_key)
+        .await?;
+    let id = accepted.episode_id.to_string();
+    let mut response = HttpResponse::Accepted();
+    response.insert_header((header::LOCATION, format!("/api/v1/episodes/{id}")));
+    if accepted.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(AcceptedBody {
+        episode_id: id,
+        status: "accepted",
+    }))
+}
