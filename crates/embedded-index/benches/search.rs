@@ -57,12 +57,8 @@ fn fill(dir: &Path, config: IndexConfig, records: &[VectorRecord]) -> EmbeddedIn
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "bulk upsert ({} config): {} vectors in batches of {BATCH}: {:.2} s = {:.0} vectors/s",
-        if index.config().ann_min_vectors > N {
-            "exact"
-        } else {
-            "default"
-        },
+        "bulk upsert (graph from {} rows): {} vectors in batches of {BATCH}: {:.2} s = {:.0} vectors/s",
+        index.config().ann_min_vectors,
         records.len(),
         secs,
         records.len() as f64 / secs

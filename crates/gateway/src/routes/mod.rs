@@ -80,6 +80,14 @@ pub async fn read_body(
 /// UTF-8) are 400 `invalid_json`; wrong types, unknown fields and bad values are 422
 /// `validation_failed`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde would accept a JSON array as a struct, positionally; the API takes objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::validation(
+            "body",
+            "invalid_value",
+            "the request body must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -88,15 +96,13 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         match inner.classify() {
             Category::Data => {
                 let message = inner.to_string();
-                let field = unknown_field(&message)
-                    .map(|f| {
-                        if at_root {
-                            f.to_owned()
-                        } else {
-                            format!("{path}.{f}")
-                        }
-                    })
-                    .unwrap_or_else(|| if at_root { "body".to_owned() } else { path });
+                // The path already ends at an unknown field; at the root, name it from
+                // the message.
+                let field = if at_root {
+                    unknown_field(&message).unwrap_or("body").to_owned()
+                } else {
+                    path
+                };
                 ApiError::validation(field, "invalid_value", strip_position(&message))
             }
             Category::Syntax | Category::Eof | Category::Io => ApiError::InvalidJson {
