@@ -3,3 +3,4 @@
 
 pub mod db;
 pub mod kyrodb_fake;
+pub mod model;
