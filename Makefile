@@ -26,9 +26,10 @@ services: ## start PostgreSQL, Redis and NATS (JetStream) when absent
 build: ## debug build of every crate
 	$(CARGO) build --workspace --all-targets
 
-lint: ## formatting and clippy, warnings denied
+lint: ## formatting, clippy (warnings denied) and dependency boundaries
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@scripts/dev/check-boundaries.sh
 
 test: services model lint test-only ## everything CI runs
 
