@@ -236,7 +236,9 @@ pub struct EpisodeFields {
     pub error_class: Option<String>,
     #[serde(default)]
     pub tool_chain: Vec<String>,
-    #[serde(default)]
+    /// String values; numbers and booleans (as agents send them) are kept as their JSON
+    /// text (`300`, `true`).
+    #[serde(default, deserialize_with = "environment_values")]
     pub environment: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<String>,
@@ -249,6 +251,49 @@ pub struct EpisodeFields {
     pub code_state_diff: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode_type: Option<String>,
+}
+
+/// `environment` values: a string, or a number or boolean kept as its JSON text. Anything
+/// else (null, arrays, objects) is an error at `environment.<key>`.
+fn environment_values<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Value(String);
+
+    impl<'de> Deserialize<'de> for Value {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl serde::de::Visitor<'_> for Visitor {
+                type Value = Value;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string, number or boolean")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+                    Ok(Value(v.to_owned()))
+                }
+                fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+                    Ok(Value(v))
+                }
+                fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+                    Ok(Value(v.to_string()))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+                    Ok(Value(v.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+                    Ok(Value(v.to_string()))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+                    Ok(Value(v.to_string()))
+                }
+            }
+            deserializer.deserialize_any(Visitor)
+        }
+    }
+
+    let map = BTreeMap::<String, Value>::deserialize(deserializer)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
 }
 
 /// A validated failure episode.
@@ -686,6 +731,25 @@ mod tests {
             Episode::parse(f).expect_err("big").0[0].code,
             "too_long".to_owned()
         );
+    }
+
+    #[test]
+    fn environment_accepts_scalars_as_text() {
+        let f: EpisodeFields = serde_json::from_str(
+            r#"{"goal":"g","environment":{"os":"linux","max_connections":300,"buildkit":true,"gb":1.5}}"#,
+        )
+        .expect("scalars are accepted");
+        assert_eq!(f.environment["max_connections"], "300");
+        assert_eq!(f.environment["buildkit"], "true");
+        assert_eq!(f.environment["gb"], "1.5");
+        assert_eq!(f.environment["os"], "linux");
+        for bad in [r#"null"#, r#"[1]"#, r#"{"a":1}"#] {
+            let body = format!(r#"{{"goal":"g","environment":{{"os":{bad}}}}}"#);
+            assert!(
+                serde_json::from_str::<EpisodeFields>(&body).is_err(),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use bus::{Bus, NatsBus, NatsConfig};
-use common::events::{EpisodeCaptured, Envelope, Topology};
+use common::events::{Envelope, EpisodeCaptured, Topology};
 use futures::StreamExt as _;
 use gateway::{AuthSettings, Gateway, GatewayDeps, HttpSettings};
 use reqwest::StatusCode;
@@ -104,7 +104,10 @@ impl Harness {
     async fn capture(&self, body: &Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         self.post_raw(
             body.to_string(),
-            &[("X-API-Key", &self.key), ("Content-Type", "application/json")],
+            &[
+                ("X-API-Key", &self.key),
+                ("Content-Type", "application/json"),
+            ],
         )
         .await
     }
@@ -176,11 +179,10 @@ async fn capture_is_published_redacted_and_reported_processing() {
     assert!(headers.contains_key("x-request-id"));
 
     // The event is in JetStream, with its dedup id, redacted.
-    let stream = h
-        .js
-        .get_stream(h.topology.episodes_stream().name)
-        .await
-        .expect("stream");
+    let stream =
+        h.js.get_stream(h.topology.episodes_stream().name)
+            .await
+            .expect("stream");
     let msg = stream.get_raw_message(1).await.expect("message 1");
     assert_eq!(
         msg.subject.as_str(),
@@ -188,7 +190,10 @@ async fn capture_is_published_redacted_and_reported_processing() {
             .episode_subject(common::events::Stage::Captured, h.tenant)
     );
     let raw = String::from_utf8_lossy(&msg.payload).into_owned();
-    assert!(!raw.contains("AKIA4QX7RZ2LMN8PWT3K"), "secret leaked: {raw}");
+    assert!(
+        !raw.contains("AKIA4QX7RZ2LMN8PWT3K"),
+        "secret leaked: {raw}"
+    );
     assert!(!raw.contains("ci@acme-corp.com"), "email leaked: {raw}");
     let event: Envelope<EpisodeCaptured> = serde_json::from_slice(&msg.payload).expect("event");
     assert_eq!(event.data.episode_id.to_string(), id);
@@ -214,14 +219,32 @@ async fn capture_is_published_redacted_and_reported_processing() {
 async fn bad_input_is_a_4xx_naming_the_field_and_publishes_nothing() {
     let h = Harness::start().await;
     let key = h.key.clone();
-    let json_headers = [("X-API-Key", key.as_str()), ("Content-Type", "application/json")];
+    let json_headers = [
+        ("X-API-Key", key.as_str()),
+        ("Content-Type", "application/json"),
+    ];
     let big = "x".repeat(common::episode::limits::ERROR_TRACE_BYTES + 1);
     let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
         ("malformed json", br#"{"goal": "x""#.to_vec(), 400, None),
         ("not json", b"hello".to_vec(), 400, None),
-        ("missing goal", br#"{"error_trace": "x"}"#.to_vec(), 422, Some("goal")),
-        ("empty goal", br#"{"goal": "  "}"#.to_vec(), 422, Some("goal")),
-        ("goal wrong type", br#"{"goal": 42}"#.to_vec(), 422, Some("goal")),
+        (
+            "missing goal",
+            br#"{"error_trace": "x"}"#.to_vec(),
+            422,
+            Some("goal"),
+        ),
+        (
+            "empty goal",
+            br#"{"goal": "  "}"#.to_vec(),
+            422,
+            Some("goal"),
+        ),
+        (
+            "goal wrong type",
+            br#"{"goal": 42}"#.to_vec(),
+            422,
+            Some("goal"),
+        ),
         (
             "actions wrong type",
             br#"{"goal": "g", "actions_taken": "ls"}"#.to_vec(),
@@ -230,7 +253,7 @@ async fn bad_input_is_a_4xx_naming_the_field_and_publishes_nothing() {
         ),
         (
             "environment value wrong type",
-            br#"{"goal": "g", "environment": {"os": 1}}"#.to_vec(),
+            br#"{"goal": "g", "environment": {"os": [1]}}"#.to_vec(),
             422,
             Some("environment.os"),
         ),
@@ -248,7 +271,9 @@ async fn bad_input_is_a_4xx_naming_the_field_and_publishes_nothing() {
         ),
         (
             "oversize field",
-            json!({"goal": "g", "error_trace": big}).to_string().into_bytes(),
+            json!({"goal": "g", "error_trace": big})
+                .to_string()
+                .into_bytes(),
             422,
             Some("error_trace"),
         ),
@@ -371,8 +396,7 @@ async fn idempotency_key_replays_the_same_episode() {
         ("Idempotency-Key", "burst-1"),
     ];
     let body = valid_episode().to_string();
-    let answers =
-        futures::future::join_all((0..20).map(|_| h.post_raw(body.clone(), &key2))).await;
+    let answers = futures::future::join_all((0..20).map(|_| h.post_raw(body.clone(), &key2))).await;
     let ids: std::collections::HashSet<String> = answers
         .iter()
         .map(|(s, _, b)| {
@@ -434,39 +458,33 @@ async fn many_concurrent_captures_from_one_key_verify_argon2_once() {
     let started = std::time::Instant::now();
     let body = valid_episode();
     let answers = futures::future::join_all((0..100).map(|_| h.capture(&body))).await;
-    assert!(
-        answers
-            .iter()
-            .all(|(s, _, _)| *s == StatusCode::ACCEPTED)
-    );
+    assert!(answers.iter().all(|(s, _, _)| *s == StatusCode::ACCEPTED));
     assert_eq!(h.published().await, 100);
     // 100 argon2id verifications would take several seconds on 2 cores; one is ~30 ms.
     eprintln!("100 concurrent captures took {:?}", started.elapsed());
     let (status, _) = h.get("/health/live").await;
     assert_eq!(status, StatusCode::OK);
-    let mut sub = h
-        .js
-        .get_stream(h.topology.episodes_stream().name)
-        .await
-        .expect("stream")
-        .get_or_create_consumer(
-            "check",
-            jetstream::consumer::pull::Config {
-                durable_name: Some("check".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("consumer")
-        .fetch()
-        .max_messages(100)
-        .messages()
-        .await
-        .expect("fetch");
+    let mut sub =
+        h.js.get_stream(h.topology.episodes_stream().name)
+            .await
+            .expect("stream")
+            .get_or_create_consumer(
+                "check",
+                jetstream::consumer::pull::Config {
+                    durable_name: Some("check".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("consumer")
+            .fetch()
+            .max_messages(100)
+            .messages()
+            .await
+            .expect("fetch");
     let mut ids = std::collections::HashSet::new();
     while let Some(Ok(msg)) = sub.next().await {
-        let event: Envelope<EpisodeCaptured> =
-            serde_json::from_slice(&msg.payload).expect("event");
+        let event: Envelope<EpisodeCaptured> = serde_json::from_slice(&msg.payload).expect("event");
         ids.insert(event.data.episode_id);
     }
     assert_eq!(ids.len(), 100, "every capture is a distinct episode");

@@ -160,7 +160,7 @@ mod tests {
             (422, Some("bogus".into()))
         );
         assert_eq!(
-            field_of(br#"{"goal": "x", "environment": {"os": 3}}"#),
+            field_of(br#"{"goal": "x", "environment": {"os": [3]}}"#),
             (422, Some("environment.os".into()))
         );
         assert_eq!(field_of(br#"[1,2]"#), (422, Some("body".into())));
