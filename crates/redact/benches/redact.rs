@@ -4,6 +4,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+#[path = "../tests/common/adversarial.rs"]
+mod adversarial;
+
 /// Realistic trace lines: versions, timestamps, paths, SHAs, pod names, IPs.
 const CLEAN_LINES: &[&str] = &[
     "2024-06-04T02:00:41.381927Z ERROR ledger_api::db: connection to server at \"10.0.12.155\", port 5432 failed: FATAL:  password authentication failed for user \"app\"",
@@ -45,17 +48,42 @@ fn bench(c: &mut Criterion) {
     let clean = build(&[CLEAN_LINES], SIZE);
     // One secret line for every four clean lines.
     let secret = build(
-        &[CLEAN_LINES, CLEAN_LINES, CLEAN_LINES, CLEAN_LINES, SECRET_LINES],
+        &[
+            CLEAN_LINES,
+            CLEAN_LINES,
+            CLEAN_LINES,
+            CLEAN_LINES,
+            SECRET_LINES,
+        ],
         SIZE,
     );
+    assert_eq!(
+        redact::redact(&clean).total(),
+        0,
+        "the clean trace must stay clean"
+    );
+    assert!(redact::redact(&secret).total() > 100);
     let mut g = c.benchmark_group("redact_64k");
     g.throughput(Throughput::Bytes(SIZE as u64));
-    g.bench_function("clean", |b| b.iter(|| redact::redact(black_box(&clean)).total()));
+    g.bench_function("clean", |b| {
+        b.iter(|| redact::redact(black_box(&clean)).total())
+    });
     g.bench_function("with_secrets", |b| {
         b.iter(|| redact::redact(black_box(&secret)).total())
     });
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Super-linear behaviour would show here: 256 KiB of adversarial input per detector family.
+fn bench_adversarial(c: &mut Criterion) {
+    let mut group = c.benchmark_group("adversarial_256k");
+    group.sample_size(10);
+    for (name, input) in adversarial::cases() {
+        group.throughput(Throughput::Bytes(input.len() as u64));
+        group.bench_function(name, |b| b.iter(|| redact::redact(black_box(&input))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_adversarial);
 criterion_main!(benches);

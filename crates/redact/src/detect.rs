@@ -6,7 +6,7 @@
 
 use std::sync::LazyLock;
 
-use regex::{Captures, Regex};
+use regex::{Captures, Regex, RegexSet};
 
 use crate::SecretKind;
 
@@ -61,9 +61,15 @@ static TOKENS: LazyLock<Vec<(Regex, SecretKind)>> = LazyLock::new(|| {
             re(r"(?-u:\b)AIza[0-9A-Za-z_-]{30,}"),
             SecretKind::GoogleApiKey,
         ),
+        (re(r"(?-u:\b)npm_[A-Za-z0-9]{20,}"), SecretKind::NpmToken),
+        // Other registry/API tokens with unmistakable prefixes: Hugging Face,
+        // PyPI, Docker Hub PAT, DigitalOcean, Vault, Artifactory.
         (
-            re(r"(?-u:\b)npm_[A-Za-z0-9]{20,}"),
-            SecretKind::NpmToken,
+            re(concat!(
+                r"(?-u:\b)(?:hf_[A-Za-z0-9]{30,}|pypi-AgE[A-Za-z0-9_-]{40,}|dckr_pat_[A-Za-z0-9_-]{20,}",
+                r"|dop_v1_[a-f0-9]{64}|hvs\.[A-Za-z0-9_-]{24,}|AKCp[A-Za-z0-9]{60,})",
+            )),
+            SecretKind::Token,
         ),
         (
             re(r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)"),
@@ -83,7 +89,12 @@ static SLACK_WEBHOOK: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 static URL_PASSWORD: LazyLock<Regex> = LazyLock::new(|| {
-    re(r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]{0,30}://[^\s:/@'"<>`]*:(?P<v>[^\s/@'"<>`]+)@"#)
+    // The password may itself contain `@` (`u:p@ss@host`): extend to the last
+    // `@` of the authority, but not across `/`, `?`, `:` or `,` after an `@`.
+    re(concat!(
+        r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]{0,30}://[^\s:/@'"<>`]*:"#,
+        r#"(?P<v>[^\s/@'"<>`]+(?:@[^\s/@'"<>`:?,]+)*)@"#,
+    ))
 });
 
 /// Maximal runs of >= 40 base64 characters (candidates for AWS secret keys).
@@ -99,7 +110,7 @@ static PEM_END: LazyLock<Regex> =
 /// `secretName` are not keys of this kind).
 static KV: LazyLock<Regex> = LazyLock::new(|| {
     re(concat!(
-        r#"(?i)(?-u:\b)(?P<key>[a-z0-9_.-]*(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|(?-i:pwd)))"#,
+        r#"(?i)(?-u:\b)(?P<key>[a-z0-9_.-]*(?:password|passwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|private[_-]?key[_-]?id|account[_-]?key|signing[_-]?key|encryption[_-]?key|master[_-]?key|(?-i:pwd)))"#,
         r#"(?:\\?["'])?[ \t]*(?P<sep>:=|=>|=|:)[ \t]*"#,
         r#"(?:\\"(?P<edq>[^"\\\r\n]*)\\"|"(?P<dq>(?:[^"\\\r\n]|\\.)*)"|'(?P<sq>[^'\r\n]*)'|(?P<bare>[^\s"'`,;&]+))"#,
     ))
@@ -113,10 +124,19 @@ static FLAG: LazyLock<Regex> = LazyLock::new(|| {
     ))
 });
 
-/// `aws_secret_access_key VALUE` as in `aws configure set` (space separator).
-static AWS_SET: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)(?-u:\b)aws_secret_access_key[ \t]+(?P<v>[A-Za-z0-9/+=]{16,})")
+/// Password arguments of well-known commands and `.netrc` entries:
+/// `docker login -u x -p VALUE`, `mysql -uroot -pVALUE`, `login x password VALUE`.
+static CLI_PASSWORDS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+    vec![
+        re(r#"(?-u:\b)docker[ \t]+login(?-u:\b)[^\n|;&]*?[ \t]-p[ \t=]*(?P<v>[^\s"'`-][^\s"'`]*)"#),
+        re(r#"(?-u:\b)mysql(?:dump|admin|sh)?(?-u:\b)[^\n|;&]*?[ \t]-p(?P<v>[^\s"'`-][^\s"'`]*)"#),
+        re(r#"(?i)(?-u:\b)login[ \t\r\n]+[^\s]+[ \t\r\n]+password[ \t]+(?P<v>[^\s"'`]+)"#),
+    ]
 });
+
+/// `aws_secret_access_key VALUE` as in `aws configure set` (space separator).
+static AWS_SET: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)(?-u:\b)aws_secret_access_key[ \t]+(?P<v>[A-Za-z0-9/+=]{16,})"));
 
 static AUTH_HEADER: LazyLock<Regex> = LazyLock::new(|| {
     re(concat!(
@@ -125,9 +145,8 @@ static AUTH_HEADER: LazyLock<Regex> = LazyLock::new(|| {
     ))
 });
 
-static BEARER: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)(?-u:\b)(?:bearer|basic)[ \t]+(?P<v>[A-Za-z0-9._~+/-]{12,}=*)")
-});
+static BEARER: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)(?-u:\b)(?:bearer|basic)[ \t]+(?P<v>[A-Za-z0-9._~+/-]{12,}=*)"));
 
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     re(concat!(
@@ -136,27 +155,85 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     ))
 });
 
-/// Maximal sequences of digit groups separated by one space or dash.
+/// Maximal sequences of >= 13 digits, possibly grouped by one space or dash.
 static DIGIT_GROUPS: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(?-u:\b)[0-9]+(?:[ -][0-9]+)*(?-u:\b)"));
+    LazyLock::new(|| re(r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,}(?-u:\b)"));
 
-static PHONES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
-    vec![
+/// Phone shapes, each with an anchored twin used to validate shortened matches.
+static PHONES: LazyLock<Vec<(Regex, Regex)>> = LazyLock::new(|| {
+    [
         // E.164, compact: +14155550139
-        re(r"\+[1-9][0-9]{7,14}"),
+        r"\+[1-9][0-9]{7,14}",
         // +CC and groups: +1 415-555-0139, +44 20 7946 0958, +1 (415) 555-0139
-        re(r"\+[1-9][0-9]{0,2}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,8}(?:[ .-][0-9]{1,8}){1,4}"),
+        r"\+[1-9][0-9]{0,2}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,8}(?:[ .-][0-9]{1,8}){1,4}",
         // (415) 555-0139, 1 (415) 555-0139
-        re(r"(?:1[ .-]?)?\([2-9][0-9]{2}\)[ .-]?[2-9][0-9]{2}[ .-][0-9]{4}"),
+        r"(?:1[ .-]?)?\([2-9][0-9]{2}\)[ .-]?[2-9][0-9]{2}[ .-][0-9]{4}",
         // 415-555-0139, 1-800-555-0199, 415.555.0139
-        re(r"(?:1-)?[2-9][0-9]{2}-[2-9][0-9]{2}-[0-9]{4}|[2-9][0-9]{2}\.[2-9][0-9]{2}\.[0-9]{4}"),
+        r"(?:1-)?[2-9][0-9]{2}-[2-9][0-9]{2}-[0-9]{4}|[2-9][0-9]{2}\.[2-9][0-9]{2}\.[0-9]{4}",
     ]
+    .iter()
+    .map(|p| (re(p), re(&format!(r"\A(?:{p})\z"))))
+    .collect()
 });
+
+/// Order of the patterns in [`PREFILTER`] after the [`TOKENS`] entries.
+const P_OPENAI: usize = 0;
+const P_SLACK_WEBHOOK: usize = 1;
+const P_URL_PASSWORD: usize = 2;
+const P_B64_40: usize = 3;
+const P_PEM: usize = 4;
+const P_KV: usize = 5;
+const P_FLAG: usize = 6;
+const P_AWS_SET: usize = 7;
+const P_AUTH_HEADER: usize = 8;
+const P_BEARER: usize = 9;
+const P_EMAIL: usize = 10;
+const P_DIGITS: usize = 11;
+const P_PHONES: usize = 12;
+const N_PHONES: usize = 4;
+const P_CLI: usize = P_PHONES + N_PHONES;
+
+fn prefilter_patterns() -> Vec<&'static Regex> {
+    let mut v: Vec<&'static Regex> = TOKENS.iter().map(|(r, _)| r).collect();
+    v.extend([
+        &*OPENAI,
+        &*SLACK_WEBHOOK,
+        &*URL_PASSWORD,
+        &*B64_40,
+        &*PEM_BEGIN,
+        &*KV,
+        &*FLAG,
+        &*AWS_SET,
+        &*AUTH_HEADER,
+        &*BEARER,
+        &*EMAIL,
+        &*DIGIT_GROUPS,
+    ]);
+    v.extend(PHONES.iter().map(|(r, _)| r));
+    v.extend(CLI_PASSWORDS.iter());
+    v
+}
+
+/// One pass over the text tells which detectors can match at all; on clean
+/// text that single pass is nearly all the work.
+static PREFILTER: LazyLock<Option<RegexSet>> =
+    LazyLock::new(|| RegexSet::new(prefilter_patterns().iter().map(|r| r.as_str())).ok());
 
 /// Run every detector over `text`.
 pub(crate) fn detect_all(text: &str, out: &mut Vec<Raw>) {
-    detect_pem(text, out);
-    for (regex, kind) in TOKENS.iter() {
+    let hits = PREFILTER.as_ref().map(|set| set.matches(text));
+    let n = TOKENS.len();
+    let on = |i: usize| hits.as_ref().is_none_or(|h| h.matched(i));
+    if !hits.as_ref().is_none_or(regex::SetMatches::matched_any) {
+        return;
+    }
+    if on(n + P_PEM) {
+        detect_pem(text, out);
+    }
+    for (i, (regex, kind)) in TOKENS.iter().enumerate() {
+        if !on(i) {
+            continue;
+        }
         for m in regex.find_iter(text) {
             out.push(Raw {
                 start: m.start(),
@@ -165,23 +242,59 @@ pub(crate) fn detect_all(text: &str, out: &mut Vec<Raw>) {
             });
         }
     }
-    detect_openai(text, out);
-    detect_group(&SLACK_WEBHOOK, text, out, |_| Some(SecretKind::SlackWebhook));
-    detect_group(&URL_PASSWORD, text, out, |v| {
-        (!is_placeholder_value(v)).then_some(SecretKind::UrlPassword)
-    });
-    detect_aws_secret(text, out);
-    detect_group(&AWS_SET, text, out, |_| Some(SecretKind::AwsSecretKey));
-    detect_kv(text, out);
-    detect_group(&AUTH_HEADER, text, out, |v| {
-        (looks_credential(v) && !is_placeholder_value(v)).then_some(SecretKind::Authorization)
-    });
-    detect_group(&BEARER, text, out, |v| {
-        looks_credential(v).then_some(SecretKind::Authorization)
-    });
-    detect_email(text, out);
-    detect_cards(text, out);
-    detect_phones(text, out);
+    if on(n + P_OPENAI) {
+        detect_openai(text, out);
+    }
+    if on(n + P_SLACK_WEBHOOK) {
+        detect_group(&SLACK_WEBHOOK, text, out, |_| {
+            Some(SecretKind::SlackWebhook)
+        });
+    }
+    if on(n + P_URL_PASSWORD) {
+        detect_group(&URL_PASSWORD, text, out, |v| {
+            (!is_placeholder_value(v)).then_some(SecretKind::UrlPassword)
+        });
+    }
+    if on(n + P_B64_40) {
+        detect_aws_secret(text, out);
+    }
+    if on(n + P_AWS_SET) {
+        detect_group(&AWS_SET, text, out, |_| Some(SecretKind::AwsSecretKey));
+    }
+    if on(n + P_KV) {
+        detect_kv(text, out);
+    }
+    if on(n + P_FLAG) {
+        detect_flags(text, out);
+    }
+    if on(n + P_AUTH_HEADER) {
+        detect_group(&AUTH_HEADER, text, out, |v| {
+            (looks_credential(v) && !is_placeholder_value(v)).then_some(SecretKind::Authorization)
+        });
+    }
+    if on(n + P_BEARER) {
+        detect_group(&BEARER, text, out, |v| {
+            looks_credential(v).then_some(SecretKind::Authorization)
+        });
+    }
+    if on(n + P_EMAIL) {
+        detect_email(text, out);
+    }
+    if on(n + P_DIGITS) {
+        detect_cards(text, out);
+    }
+    for (i, pair) in PHONES.iter().enumerate() {
+        if on(n + P_PHONES + i) {
+            detect_phone(pair, text, out);
+        }
+    }
+    for (i, regex) in CLI_PASSWORDS.iter().enumerate() {
+        if on(n + P_CLI + i) {
+            detect_group(regex, text, out, |v| {
+                (!is_placeholder_value(v)).then_some(SecretKind::Password)
+            });
+        }
+    }
 }
 
 /// For patterns with a named group `v`: the group is the span.
@@ -274,15 +387,19 @@ fn detect_aws_secret(text: &str, out: &mut Vec<Raw>) {
 }
 
 fn kv_kind(key: &str) -> SecretKind {
-    let k = key.to_ascii_lowercase();
-    if k.ends_with("password") || k.ends_with("passwd") || k.ends_with("pwd") || k.ends_with("passphrase") {
+    let k = key.to_ascii_lowercase().replace('-', "_");
+    if k.ends_with("password")
+        || k.ends_with("passwd")
+        || k.ends_with("pwd")
+        || k.ends_with("passphrase")
+    {
         SecretKind::Password
     } else if k.ends_with("token") {
         SecretKind::Token
-    } else if k.ends_with("secret") || k.ends_with("private_key") || k.ends_with("private-key") || k.ends_with("privatekey") || k.ends_with("secret_key") || k.ends_with("secret-key") || k.ends_with("secretkey") {
-        SecretKind::Secret
-    } else {
+    } else if k.ends_with("api_key") || k.ends_with("apikey") {
         SecretKind::ApiKey
+    } else {
+        SecretKind::Secret
     }
 }
 
@@ -296,9 +413,12 @@ fn is_placeholder_value(v: &str) -> bool {
         || (v.len() > 2
             && v.starts_with('%')
             && v.ends_with('%')
-            && v[1..v.len() - 1].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && v[1..v.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
             && !v.as_bytes()[1].is_ascii_digit())
-        || v.bytes().all(|b| matches!(b, b'*' | b'x' | b'X' | b'.' | b'-' | b'#'))
+        || v.bytes()
+            .all(|b| matches!(b, b'*' | b'x' | b'X' | b'.' | b'-' | b'#'))
         || !v.chars().any(char::is_alphanumeric)
         || matches!(
             lower.as_str(),
@@ -340,6 +460,10 @@ fn detect_kv(text: &str, out: &mut Vec<Raw>) {
         else {
             continue;
         };
+        // `/usr/bin/pwd: …`, `/run/secrets/token: …`: a path, not a key.
+        if key.start() > 0 && text.as_bytes()[key.start() - 1] == b'/' {
+            continue;
+        }
         let mut v = val.as_str();
         if !quoted {
             v = trim_bare(v);
@@ -367,6 +491,9 @@ fn detect_kv(text: &str, out: &mut Vec<Raw>) {
             kind: kv_kind(key.as_str()),
         });
     }
+}
+
+fn detect_flags(text: &str, out: &mut Vec<Raw>) {
     for caps in FLAG.captures_iter(text) {
         let Some(key) = caps.name("key") else {
             continue;
@@ -398,19 +525,100 @@ fn detect_kv(text: &str, out: &mut Vec<Raw>) {
 /// Common generic top-level domains; any two-letter (country) TLD is also
 /// accepted except a few that are usually file extensions.
 const GENERIC_TLDS: &[&str] = &[
-    "com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "name", "pro", "io", "ai",
-    "app", "dev", "cloud", "tech", "online", "site", "xyz", "email", "mail", "systems",
-    "solutions", "company", "agency", "digital", "network", "services", "software", "global",
-    "group", "team", "studio", "design", "media", "news", "blog", "shop", "store", "live",
-    "life", "today", "world", "space", "website", "zone", "works", "tools", "page", "health",
-    "finance", "capital", "consulting", "engineering", "codes", "run", "sh", "co", "inc", "ltd",
-    "llc", "biz", "coop", "museum", "mobi", "travel", "jobs", "asia", "eu", "academy",
-    "institute", "university", "school", "care", "clinic", "legal", "law", "money", "bank",
-    "insurance", "energy", "games", "social", "chat", "link", "click", "one", "plus", "top",
+    "com",
+    "net",
+    "org",
+    "edu",
+    "gov",
+    "mil",
+    "int",
+    "info",
+    "biz",
+    "name",
+    "pro",
+    "io",
+    "ai",
+    "app",
+    "dev",
+    "cloud",
+    "tech",
+    "online",
+    "site",
+    "xyz",
+    "email",
+    "mail",
+    "systems",
+    "solutions",
+    "company",
+    "agency",
+    "digital",
+    "network",
+    "services",
+    "software",
+    "global",
+    "group",
+    "team",
+    "studio",
+    "design",
+    "media",
+    "news",
+    "blog",
+    "shop",
+    "store",
+    "live",
+    "life",
+    "today",
+    "world",
+    "space",
+    "website",
+    "zone",
+    "works",
+    "tools",
+    "page",
+    "health",
+    "finance",
+    "capital",
+    "consulting",
+    "engineering",
+    "codes",
+    "run",
+    "sh",
+    "co",
+    "inc",
+    "ltd",
+    "llc",
+    "biz",
+    "coop",
+    "museum",
+    "mobi",
+    "travel",
+    "jobs",
+    "asia",
+    "eu",
+    "academy",
+    "institute",
+    "university",
+    "school",
+    "care",
+    "clinic",
+    "legal",
+    "law",
+    "money",
+    "bank",
+    "insurance",
+    "energy",
+    "games",
+    "social",
+    "chat",
+    "link",
+    "click",
+    "one",
+    "plus",
+    "top",
 ];
 const EXTENSION_LIKE_CC: &[&str] = &[
-    "py", "rs", "md", "so", "mk", "cc", "hh", "js", "ts", "gz", "xz", "db", "rb", "cs", "hs",
-    "ml", "el", "go", "pb", "pm", "lo", "rc",
+    "py", "rs", "md", "so", "mk", "cc", "hh", "js", "ts", "gz", "xz", "db", "rb", "cs", "hs", "ml",
+    "el", "go", "pb", "pm", "lo", "rc",
 ];
 
 fn is_email_tld(tld: &str) -> bool {
@@ -440,8 +648,20 @@ fn detect_email(text: &str, out: &mut Vec<Raw>) {
                 c.is_whitespace()
                     || matches!(
                         c,
-                        '"' | '\'' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}' | ',' | ';' | '|'
-                            | '=' | '`'
+                        '"' | '\''
+                            | '<'
+                            | '>'
+                            | '('
+                            | ')'
+                            | '['
+                            | ']'
+                            | '{'
+                            | '}'
+                            | ','
+                            | ';'
+                            | '|'
+                            | '='
+                            | '`'
                     )
             })
             .map_or(0, |(i, c)| i + c.len_utf8());
@@ -468,7 +688,7 @@ fn luhn_ok(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Issuer prefixes of the major card networks (Visa, Mastercard, Amex,
@@ -557,30 +777,53 @@ fn next_char_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-fn detect_phones(text: &str, out: &mut Vec<Raw>) {
+fn phone_right_ok(bytes: &[u8], end: usize) -> bool {
+    let next = bytes.get(end).copied();
+    let next2 = bytes.get(end + 1).copied();
+    let glued = matches!(next, Some(b) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'@'));
+    let more_number =
+        matches!(next, Some(b'.' | b':')) && matches!(next2, Some(b) if b.is_ascii_digit());
+    !glued && !more_number
+}
+
+fn detect_phone((regex, anchored): &(Regex, Regex), text: &str, out: &mut Vec<Raw>) {
     let bytes = text.as_bytes();
-    for regex in PHONES.iter() {
+    {
         let mut pos = 0;
         while pos < text.len() {
             let Some(m) = regex.find_at(text, pos) else {
                 break;
             };
             let prev = m.start().checked_sub(1).and_then(|i| bytes.get(i)).copied();
-            let next = bytes.get(m.end()).copied();
-            let next2 = bytes.get(m.end() + 1).copied();
-            let digits = m.as_str().bytes().filter(u8::is_ascii_digit).count();
             let left_ok = !matches!(prev, Some(b) if b.is_ascii_alphanumeric()
                 || matches!(b, b'-' | b'.' | b'_' | b'/' | b'+' | b'#' | b'@'));
-            let right_ok = !matches!(next, Some(b) if b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'_' | b'/' | b'@'))
-                && !(matches!(next, Some(b'.' | b':')) && matches!(next2, Some(b) if b.is_ascii_digit()));
-            if left_ok && right_ok && (8..=15).contains(&digits) {
+            // The greedy match may have swallowed a following number
+            // (`+44 20 7946 0958 1.2.3`): also try ending at each earlier separator.
+            let ends =
+                std::iter::once(m.end()).chain((m.start() + 1..m.end()).rev().filter(|&i| {
+                    matches!(bytes[i], b' ' | b'.' | b'-') && bytes[i - 1].is_ascii_digit()
+                }));
+            let mut found = None;
+            if left_ok {
+                for e in ends {
+                    let cand = &text[m.start()..e];
+                    let digits = cand.bytes().filter(u8::is_ascii_digit).count();
+                    if (8..=15).contains(&digits)
+                        && phone_right_ok(bytes, e)
+                        && anchored.is_match(cand)
+                    {
+                        found = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = found {
                 out.push(Raw {
                     start: m.start(),
-                    end: m.end(),
+                    end: e,
                     kind: SecretKind::Phone,
                 });
-                pos = m.end();
+                pos = e;
             } else {
                 // Patterns are short and bounded: retrying one character later
                 // stays linear and finds a phone hidden behind a rejected prefix.
@@ -608,7 +851,8 @@ fn detect_pem(text: &str, out: &mut Vec<Raw>) {
             loop {
                 if j < b.len() && b[j].is_ascii_whitespace() {
                     j += 1;
-                } else if j + 1 < b.len() && b[j] == b'\\' && matches!(b[j + 1], b'n' | b'r' | b't') {
+                } else if j + 1 < b.len() && b[j] == b'\\' && matches!(b[j + 1], b'n' | b'r' | b't')
+                {
                     j += 2;
                 } else {
                     break;
@@ -625,7 +869,10 @@ fn detect_pem(text: &str, out: &mut Vec<Raw>) {
             if rest.starts_with("-----BEGIN") {
                 break;
             }
-            if ["Proc-Type:", "DEK-Info:", "Comment:"].iter().any(|h| rest.starts_with(h)) {
+            if ["Proc-Type:", "DEK-Info:", "Comment:"]
+                .iter()
+                .any(|h| rest.starts_with(h))
+            {
                 let mut k = j;
                 while k < b.len() && b[k] != b'\n' && b[k] != b'\\' {
                     k += 1;
@@ -640,7 +887,9 @@ fn detect_pem(text: &str, out: &mut Vec<Raw>) {
             }
             let tok = &b[j..k];
             let body_like = tok.len() >= 16
-                || tok.iter().any(|c| c.is_ascii_digit() || matches!(c, b'+' | b'/' | b'='));
+                || tok
+                    .iter()
+                    .any(|c| c.is_ascii_digit() || matches!(c, b'+' | b'/' | b'='));
             // A short word glued to punctuation (`Error:`) ends the body.
             let glued = k < b.len() && !b[k].is_ascii_whitespace() && !matches!(b[k], b'\\' | b'-');
             if tok.is_empty() || !body_like || (glued && tok.len() < 16) {
@@ -710,6 +959,12 @@ mod tests {
         ] {
             assert!(!r.as_str().is_empty());
         }
-        assert_eq!(PHONES.len(), 4);
+        assert_eq!(PHONES.len(), N_PHONES);
+        let set = PREFILTER.as_ref().map(RegexSet::len);
+        assert_eq!(set, Some(TOKENS.len() + P_CLI + CLI_PASSWORDS.len()));
+        assert_eq!(
+            prefilter_patterns()[TOKENS.len() + P_DIGITS].as_str(),
+            DIGIT_GROUPS.as_str()
+        );
     }
 }

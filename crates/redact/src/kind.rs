@@ -42,11 +42,13 @@ pub enum SecretKind {
     Authorization,
     /// Value of a `password`/`passwd`/`pwd`/`passphrase` key or flag.
     Password,
-    /// Value of a `token`/`access_token`/`auth_token`/… key or flag.
+    /// Value of a `token`/`access_token`/`auth_token`/… key or flag, and
+    /// prefixed registry tokens (`hf_`, `pypi-AgE…`, `dckr_pat_`, `hvs.`, …).
     Token,
-    /// Value of an `api_key`/`apikey`/`access_key` key or flag.
+    /// Value of an `api_key`/`apikey`/`X-Api-Key` key or flag.
     ApiKey,
-    /// Value of a `secret`/`client_secret`/`secret_key`/`private_key` key or flag.
+    /// Value of a `secret`/`client_secret`/`secret_key`/`private_key`/
+    /// `access_key`/`AccountKey`/… key or flag.
     Secret,
     /// E-mail addresses (not `git@…`, not hosts without a real top-level domain).
     Email,

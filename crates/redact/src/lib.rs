@@ -24,10 +24,10 @@
 //! | `AwsSecretKey` | `[REDACTED:aws_secret_key]` | 40-char base64 (mixed case + digit) after `aws`/`secret` on the same line; `aws_secret_access_key VALUE` |
 //! | `UrlPassword` | `[REDACTED:url_password]` | the password in `scheme://user:password@host` |
 //! | `Authorization` | `[REDACTED:authorization]` | value of `Authorization:` headers, `Bearer …`, `Basic …` |
-//! | `Password` | `[REDACTED:password]` | value of `password`, `passwd`, `pwd`, `passphrase` keys (`DB_PASSWORD=…`, `"password": "…"`, `--password …`) |
-//! | `Token` | `[REDACTED:token]` | value of `token`, `access_token`, `_authToken`, `GITHUB_TOKEN`, … keys and `--token` |
-//! | `ApiKey` | `[REDACTED:api_key]` | value of `api_key`, `apikey`, `X-Api-Key`, `access_key` keys |
-//! | `Secret` | `[REDACTED:secret]` | value of `secret`, `client_secret`, `secret_key`, `private_key` keys |
+//! | `Password` | `[REDACTED:password]` | value of `password`, `passwd`, `pwd`, `passphrase` keys (`DB_PASSWORD=…`, `"password": "…"`, `--password …`), `docker login -p …`, `mysql -p…`, `.netrc` `password …` |
+//! | `Token` | `[REDACTED:token]` | value of `token`, `access_token`, `_authToken`, `GITHUB_TOKEN`, … keys and `--token`; prefixed registry tokens `hf_`, `pypi-AgE…`, `dckr_pat_`, `dop_v1_`, `hvs.`, `AKCp…` |
+//! | `ApiKey` | `[REDACTED:api_key]` | value of `api_key`, `apikey`, `X-Api-Key` keys |
+//! | `Secret` | `[REDACTED:secret]` | value of `secret`, `client_secret`, `secret_key`, `private_key(_id)`, `access_key`, `AccountKey`, `signing_key`, … keys |
 //! | `Email` | `[REDACTED:email]` | e-mail addresses with a real TLD; keeps `git@github.com`, `user@host`, `deploy@web-03.acme.internal` |
 //! | `CreditCard` | `[REDACTED:credit_card]` | 13–19 digits (groups split by spaces or dashes), card-network prefix, Luhn-valid |
 //! | `Phone` | `[REDACTED:phone]` | `+14155550139`, `+1 415-555-0139`, `+44 20 7946 0958`, `(415) 555-0139`, `415-555-0139` |

@@ -35,8 +35,8 @@ fn kinds_labels_serde_and_index_agree() {
             format!("\"{}\"", k.label())
         );
         assert_eq!(k.placeholder(), format!("[REDACTED:{k}]"));
-        let back: SecretKind = serde_json::from_str(&format!("\"{}\"", k.label()))
-            .unwrap_or(SecretKind::Phone);
+        let back: SecretKind =
+            serde_json::from_str(&format!("\"{}\"", k.label())).unwrap_or(SecretKind::Phone);
         assert_eq!(back, *k);
     }
 }
@@ -79,7 +79,10 @@ fn email_positive() {
         "User \"maria.kowalski@acme-corp.com\" cannot create resource",
         "User \"[REDACTED:email]\" cannot create resource",
     );
-    check("mailto:j.avery+tag@fastmail.co.uk", "mailto:[REDACTED:email]");
+    check(
+        "mailto:j.avery+tag@fastmail.co.uk",
+        "mailto:[REDACTED:email]",
+    );
     check("<Jane.Doe@Example.COM>", "<[REDACTED:email]>");
 }
 
@@ -89,7 +92,9 @@ fn email_negative() {
     unchanged("ssh deploy@web-03.acme.internal: Permission denied (publickey).");
     unchanged("Who: runner@gha-runner-7f9k2");
     unchanged("npm install @rollup/rollup-linux-x64-gnu react@18.2.0 admin-spa@0.9.0");
-    unchanged("image: nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31");
+    unchanged(
+        "image: nginx@sha256:0d17b565c37bcbd895e9d92315a05c1c3c9a29f762b011a10c54a66cd53c9b31",
+    );
     unchanged("root@localhost and pi@raspberrypi.local and x@svc.cluster.local");
     unchanged("java.lang.Object@6d06d69c  HEAD@{0}");
     unchanged("git clone https://user@github.com/acme/x.git");
@@ -194,7 +199,9 @@ fn slack_negative() {
 
 #[test]
 fn stripe_positive() {
-    for p in ["sk_live_", "rk_live_", "pk_live_", "sk_test_", "pk_test_", "rk_test_"] {
+    for p in [
+        "sk_live_", "rk_live_", "pk_live_", "sk_test_", "pk_test_", "rk_test_",
+    ] {
         check(
             &format!("key={p}51H8xYzAbCdEfGh1234567890"),
             "key=[REDACTED:stripe_key]",
@@ -228,6 +235,26 @@ fn google_npm_gitlab_em() {
     check(
         "EM_API_KEY=em_live_tenant42_AbCdEfGh12345678 ok",
         "EM_API_KEY=[REDACTED:em_api_key] ok",
+    );
+}
+
+#[test]
+fn registry_tokens() {
+    check(
+        "HF_TOKEN hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+        "HF_TOKEN [REDACTED:token]",
+    );
+    check(
+        "echo dckr_pat_2b3e36beeb386dfdaacb9b46004 | docker login",
+        "echo [REDACTED:token] | docker login",
+    );
+    check(
+        "twine upload -p pypi-AgEIcHlwaS5vcmcCJGE4ZjYxZDFlLTk5NjMtNDkzZi1hYjYxLTk2ZWU0ZDEyZGM2NQ",
+        "twine upload -p [REDACTED:token]",
+    );
+    check(
+        "VAULT_TOKEN=hvs.CAESIJlU9JMYEhOPYv4igdhm9Pn",
+        "VAULT_TOKEN=[REDACTED:token]",
     );
 }
 
@@ -279,8 +306,14 @@ fn kv_positive() {
         "{'client_secret': 'Zm9vYmFy', 'id': 1}",
         "{'client_secret': '[REDACTED:secret]', 'id': 1}",
     );
-    check("DB_PASSWORD=Qz7#kLm2 ./run", "DB_PASSWORD=[REDACTED:password] ./run");
-    check("export GITHUB_TOKEN=abc123def456", "export GITHUB_TOKEN=[REDACTED:token]");
+    check(
+        "DB_PASSWORD=Qz7#kLm2 ./run",
+        "DB_PASSWORD=[REDACTED:password] ./run",
+    );
+    check(
+        "export GITHUB_TOKEN=abc123def456",
+        "export GITHUB_TOKEN=[REDACTED:token]",
+    );
     check(
         "GET /cb?code=1&access_token=ya29.a0Af&state=2",
         "GET /cb?code=1&access_token=[REDACTED:token]&state=2",
@@ -298,25 +331,62 @@ fn kv_positive() {
         "docker login -u ci --password hunter2 registry.acme.io",
         "docker login -u ci --password [REDACTED:password] registry.acme.io",
     );
-    check("mysql --password='p@ss w0rd'", "mysql --password='[REDACTED:password]'");
-    check("gh auth --token abc123XYZ", "gh auth --token [REDACTED:token]");
+    check(
+        "mysql --password='p@ss w0rd'",
+        "mysql --password='[REDACTED:password]'",
+    );
+    check(
+        "gh auth --token abc123XYZ",
+        "gh auth --token [REDACTED:token]",
+    );
     check(
         r#"body: {\"password\": \"hunter2\"}"#,
         r#"body: {\"password\": \"[REDACTED:password]\"}"#,
     );
-    check("spring.datasource.password: Pr0d!pass", "spring.datasource.password: [REDACTED:password]");
-    check("passphrase => 'open sesame'", "passphrase => '[REDACTED:password]'");
+    check(
+        "spring.datasource.password: Pr0d!pass",
+        "spring.datasource.password: [REDACTED:password]",
+    );
+    check(
+        "passphrase => 'open sesame'",
+        "passphrase => '[REDACTED:password]'",
+    );
     check("(password=hunter2)", "(password=[REDACTED:password])");
+    check(
+        "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=abc123XYZ+/==;EndpointSuffix=core.windows.net",
+        "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=[REDACTED:secret];EndpointSuffix=core.windows.net",
+    );
+    check(
+        "\"private_key_id\": \"3f7868\"",
+        "\"private_key_id\": \"[REDACTED:secret]\"",
+    );
+    check(
+        "docker login -u ci -p Zx81Ka93 registry.acme.io",
+        "docker login -u ci -p [REDACTED:password] registry.acme.io",
+    );
+    check(
+        "mysql -uroot -pS3cret! -h db",
+        "mysql -uroot -p[REDACTED:password] -h db",
+    );
+    check(
+        "machine nexus.acme.io\n  login deploy\n  password tR7vLq2W",
+        "machine nexus.acme.io\n  login deploy\n  password [REDACTED:password]",
+    );
 }
 
 #[test]
 fn kv_negative() {
-    unchanged("Could not resolve placeholder 'LEDGER_DB_PASSWORD' in value \"${LEDGER_DB_PASSWORD}\"");
+    unchanged(
+        "Could not resolve placeholder 'LEDGER_DB_PASSWORD' in value \"${LEDGER_DB_PASSWORD}\"",
+    );
     unchanged("--from-literal=LEDGER_DB_PASSWORD=... --dry-run=client");
     unchanged("password=$DB_PASSWORD token=${TOKEN} secret=<secret> api_key=*** pwd=null");
     unchanged("invalid token: expired");
-    unchanged("pwd: 0.0.0 token: 3 secret: v1.14.2");
-    check("url redis://:%0^~%@aa/", "url redis://:[REDACTED:url_password]@aa/");
+    unchanged("pwd: 0.0.0 token: 3 secret: v1.14.2 /usr/bin/pwd: 0.0.0-rc.0");
+    check(
+        "url redis://:%0^~%@aa/",
+        "url redis://:[REDACTED:url_password]@aa/",
+    );
     unchanged("set PASSWORD=%DB_PASSWORD% first");
     unchanged("failed to refresh token: connection refused");
     unchanged("secret: error: not found");
@@ -325,6 +395,7 @@ fn kv_negative() {
     unchanged("password:");
     unchanged("max_tokens=1024 tokens: 42 secretName: db-creds passwordFile=/run/pw");
     unchanged("docker login --password-stdin");
+    unchanged("docker run -p 8080:80 --rm x; mkdir -p /tmp/x; mysql -p -u root; ssh -p 2222 host");
     unchanged("PWD=/home/runner/work OLDPWD=/tmp");
     unchanged("secret \"db-creds\" not found; kind: Secret");
 }
@@ -345,7 +416,18 @@ fn url_password_positive() {
         "redis-cli -u redis://default:Hk3zP91wQxV7@cache-prod.acme.internal:6379 PING",
         "redis-cli -u redis://default:[REDACTED:url_password]@cache-prod.acme.internal:6379 PING",
     );
-    check("redis://:onlypass@host:6379", "redis://:[REDACTED:url_password]@host:6379");
+    check(
+        "redis://:onlypass@host:6379",
+        "redis://:[REDACTED:url_password]@host:6379",
+    );
+    check(
+        "https://u:p@ss@host.io/x@y",
+        "https://u:[REDACTED:url_password]@host.io/x@y",
+    );
+    check(
+        "mongodb+srv://app:Pw1@cluster0.ab1cd.mongodb.net/?retryWrites=true&w=a@b",
+        "mongodb+srv://app:[REDACTED:url_password]@cluster0.ab1cd.mongodb.net/?retryWrites=true&w=a@b",
+    );
     check(
         "amqp://guest:guest@rabbit.example.com/",
         "amqp://guest:[REDACTED:url_password]@rabbit.example.com/",
@@ -354,7 +436,9 @@ fn url_password_positive() {
 
 #[test]
 fn url_password_negative() {
-    unchanged("http://localhost:8080/health and https://user@host/x and ssh://git@github.com:22/a/b");
+    unchanged(
+        "http://localhost:8080/health and https://user@host/x and ssh://git@github.com:22/a/b",
+    );
     unchanged("postgres://app@db:5432/x https://example.com:443/a@b");
     unchanged("DATABASE_URL=postgresql://shop:...@db:5432/shop redis://u:${REDIS_PW}@r:6379");
 }
@@ -410,7 +494,9 @@ fn pem_positive() {
 #[test]
 fn pem_negative() {
     unchanged("-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUYl\n-----END CERTIFICATE-----");
-    unchanged("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----");
+    unchanged(
+        "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----",
+    );
     unchanged("Load key \"/tmp/deploy_key\": invalid format");
 }
 
@@ -423,9 +509,15 @@ fn card_positive() {
         "card={\"number\": \"[REDACTED:credit_card]\", \"exp\": \"09/27\", \"cvc\": \"331\"}",
     );
     check("pan 4111111111111111.", "pan [REDACTED:credit_card].");
-    check("amex 3782-822463-10005 ok", "amex [REDACTED:credit_card] ok");
+    check(
+        "amex 3782-822463-10005 ok",
+        "amex [REDACTED:credit_card] ok",
+    );
     check("mc 5555-5555-5555-4444", "mc [REDACTED:credit_card]");
-    check("cards 4242 4242 4242 4242 12 99", "cards [REDACTED:credit_card] 12 99");
+    check(
+        "cards 4242 4242 4242 4242 12 99",
+        "cards [REDACTED:credit_card] 12 99",
+    );
     check("id 7 4242 4242 4242 4242", "id 7 [REDACTED:credit_card]");
 }
 
@@ -444,14 +536,22 @@ fn card_negative() {
 
 #[test]
 fn phone_positive() {
-    check("\"phone\": \"+1 415-555-0139\",", "\"phone\": \"[REDACTED:phone]\",");
-    check("\"phone\": \"+14155550139\",", "\"phone\": \"[REDACTED:phone]\",");
+    check(
+        "\"phone\": \"+1 415-555-0139\",",
+        "\"phone\": \"[REDACTED:phone]\",",
+    );
+    check(
+        "\"phone\": \"+14155550139\",",
+        "\"phone\": \"[REDACTED:phone]\",",
+    );
     check("call (415) 555-0139 now", "call [REDACTED:phone] now");
     check("call 415-555-0139.", "call [REDACTED:phone].");
     check("tel: +44 20 7946 0958", "tel: [REDACTED:phone]");
     check("+1 (415) 555-0139", "[REDACTED:phone]");
     check("1-800-555-0199", "[REDACTED:phone]");
     check("phone=415.555.0139", "phone=[REDACTED:phone]");
+    // Greedy match swallowed a following version (found by proptest).
+    check("+44 20 2002 0000 0.0.0", "[REDACTED:phone] 0.0.0");
 }
 
 #[test]
@@ -460,7 +560,9 @@ fn phone_negative() {
     unchanged("Started: Tue, 04 Jun 2024 02:00:41 +0000 and 2024-05-14 09:12:44.381927 +0000 UTC");
     unchanged("10.0.12.155:6379 192.168.1.1 [::1]:8080 127.0.0.1:5432");
     unchanged("exit code 137, pid 41234, line 1234, port 8080");
-    unchanged("sha 3f786850e387550fdab836ed7e6dc881de23001b uuid 550e8400-e29b-41d4-a716-446655440000");
+    unchanged(
+        "sha 3f786850e387550fdab836ed7e6dc881de23001b uuid 550e8400-e29b-41d4-a716-446655440000",
+    );
     unchanged("pod ledger-api-58c9f7d6b-vk2rn restarted; #11 2.913 Error");
     unchanged("123-456-7890 is not a valid NANP number; 2024-01-15; 555-0139");
     unchanged("ERROR 1045 (28000): Access denied; (.text+0x5e)");
@@ -480,12 +582,17 @@ fn authorization_positive() {
         "curl -H 'Authorization: token 0123456789abcdef0123' x",
         "curl -H 'Authorization: token [REDACTED:authorization]' x",
     );
-    check("Bearer abcDEF123456ghiJKL789", "Bearer [REDACTED:authorization]");
+    check(
+        "Bearer abcDEF123456ghiJKL789",
+        "Bearer [REDACTED:authorization]",
+    );
 }
 
 #[test]
 fn authorization_negative() {
-    unchanged("HTTP basic authentication failed; bearer token expired; WWW-Authenticate: Bearer realm=\"x\"");
+    unchanged(
+        "HTTP basic authentication failed; bearer token expired; WWW-Authenticate: Bearer realm=\"x\"",
+    );
 }
 
 // ------------------------------------------------------------- robustness
@@ -497,7 +604,16 @@ fn non_ascii_and_edges() {
     check("é j.doe@example.com é", "é [REDACTED:email] é");
     // Multi-byte whitespace before an address (found by proptest).
     check("x\u{a0}j.doe@example.com", "x\u{a0}[REDACTED:email]");
-    for s in ["@", "://:@", "-----BEGIN PRIVATE KEY-----", "eyJ", "+", "(", "password=", "\\"] {
+    for s in [
+        "@",
+        "://:@",
+        "-----BEGIN PRIVATE KEY-----",
+        "eyJ",
+        "+",
+        "(",
+        "password=",
+        "\\",
+    ] {
         let _ = redact(s);
     }
     check("-----BEGIN PRIVATE KEY-----", "[REDACTED:private_key]");
@@ -505,7 +621,8 @@ fn non_ascii_and_edges() {
 
 #[test]
 fn placeholders_are_stable() {
-    let s = "password=[REDACTED:password] url postgres://u:[REDACTED:url_password]@h [REDACTED:email]";
+    let s =
+        "password=[REDACTED:password] url postgres://u:[REDACTED:url_password]@h [REDACTED:email]";
     unchanged(s);
 }
 

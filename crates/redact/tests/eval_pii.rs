@@ -92,6 +92,13 @@ fn no_pii_survives_redaction() {
             .iter()
             .map(|(n, t)| (n.clone(), redact::redact(t).text.into_owned()))
             .collect();
+        let kinds: Vec<String> = ep
+            .fields
+            .iter()
+            .flat_map(|(_, t)| redact::redact(t).findings)
+            .map(|f| format!("{}x{}", f.kind, f.count))
+            .collect();
+        println!("{}: {}", ep.id, kinds.join(" "));
         for p in &ep.pii {
             checked += 1;
             // Each listed substring must occur in the raw episode...
@@ -110,7 +117,12 @@ fn no_pii_survives_redaction() {
     }
     println!("checked {checked} pii substrings");
     assert!(checked > 0, "the eval set has no pii annotations");
-    assert!(leaks.is_empty(), "{} leak(s):\n{}", leaks.len(), leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "{} leak(s):\n{}",
+        leaks.len(),
+        leaks.join("\n")
+    );
 }
 
 /// Upper bound on spans redacted in episodes whose `pii` is empty, set after

@@ -113,17 +113,38 @@ fn kv() -> impl Strategy<Value = Secret> {
         })
 }
 
+fn cli_password() -> impl Strategy<Value = Secret> {
+    ("[A-Za-z0-9!#^*@+/~]{7,20}", 0..3usize)
+        .prop_filter("values carry a digit", |(v, _)| has_digit(v))
+        .prop_map(|(v, form)| {
+            let t = match form {
+                0 => format!("docker login -u ci -p {v} registry.acme.io"),
+                1 => format!("mysql -uroot -p{v} -h db"),
+                _ => format!("machine nexus.acme.io login deploy password {v}"),
+            };
+            secret("cli_password", t, vec![v])
+        })
+}
+
 fn url_password() -> impl Strategy<Value = Secret> {
     (
-        select(vec!["postgres", "postgresql", "https", "redis", "mysql", "amqp"]),
+        select(vec![
+            "postgres",
+            "postgresql",
+            "https",
+            "redis",
+            "mysql",
+            "amqp",
+        ]),
         "[a-z_]{0,8}",
         "[A-Za-z0-9#!%*^~$]{5,16}",
         "[a-z]{2,10}(\\.[a-z]{2,5}){0,2}",
         "(:[0-9]{2,5})?/[a-z]{0,8}",
     )
-        .prop_filter("passwords carry a digit, start with no $", |(_, _, p, _, _)| {
-            has_digit(p) && !p.starts_with('$')
-        })
+        .prop_filter(
+            "passwords carry a digit, start with no $",
+            |(_, _, p, _, _)| has_digit(p) && !p.starts_with('$'),
+        )
         .prop_map(|(s, u, p, h, rest)| {
             secret(
                 "url_password",
@@ -244,6 +265,9 @@ fn any_secret() -> impl Strategy<Value = Secret> {
         jwt(),
         "em_(live|test)_[a-z0-9]{6,12}_[A-Za-z0-9]{24,32}".prop_map(whole("em_api_key")),
         kv(),
+        cli_password(),
+        "(hf_[A-Za-z0-9]{34}|dckr_pat_[A-Za-z0-9_-]{27}|hvs\\.[A-Za-z0-9_-]{24,90}|pypi-AgE[A-Za-z0-9_-]{60,120})"
+            .prop_map(whole("registry_token")),
         url_password(),
         pem(),
         card(),
@@ -254,8 +278,8 @@ fn any_secret() -> impl Strategy<Value = Secret> {
 /// Delimiters that can surround any secret in real text.
 fn delim() -> impl Strategy<Value = &'static str> {
     select(vec![
-        " ", "\n", "\t", "\"", "'", "(", ")", "[", "]", "<", ">", ", ", "; ", " | ", "`", "{",
-        "}", "\r\n", ": ",
+        " ", "\n", "\t", "\"", "'", "(", ")", "[", "]", "<", ">", ", ", "; ", " | ", "`", "{", "}",
+        "\r\n", ": ",
     ])
 }
 
@@ -290,14 +314,27 @@ fn safe_token() -> impl Strategy<Value = String> {
 /// Words that make the next value a secret by definition (`token: …`).
 fn is_keyword(w: &str) -> bool {
     let w = w.trim_end_matches(':').to_ascii_lowercase();
-    ["password", "passwd", "pwd", "passphrase", "secret", "token", "key", "bearer", "basic"]
-        .iter()
-        .any(|k| w.ends_with(k))
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "token",
+        "key",
+        "bearer",
+        "basic",
+    ]
+    .iter()
+    .any(|k| w.ends_with(k))
 }
 
 fn safe_text() -> impl Strategy<Value = String> {
-    prop::collection::vec((safe_token(), select(vec![" ", "\n", " ", ", ", ": "])), 0..40)
-        .prop_map(|parts| parts.into_iter().map(|(t, d)| t + d).collect())
+    prop::collection::vec(
+        (safe_token(), select(vec![" ", "\n", " ", ", ", ": "])),
+        0..40,
+    )
+    .prop_map(|parts| parts.into_iter().map(|(t, d)| t + d).collect())
 }
 
 fn surrounding() -> impl Strategy<Value = String> {
@@ -398,6 +435,8 @@ fn generators_cover_every_kind_family() {
         "jwt",
         "em_api_key",
         "kv",
+        "cli_password",
+        "registry_token",
         "url_password",
         "private_key",
         "credit_card",
