@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use common::events::{ConsumerSpec, StreamSpec, Topology, headers};
+use common::events::{ConsumerSpec, Envelope, EpisodeEvent, StreamSpec, Topology, headers};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,22 @@ impl OutboundMessage {
             headers: Vec::new(),
             payload,
         }
+    }
+
+    /// An episode event on its stage's subject for the envelope's tenant, de-duplicated by
+    /// the envelope id, with the event type and version headers.
+    pub fn episode_event<T: EpisodeEvent>(
+        topology: &Topology,
+        envelope: &Envelope<T>,
+    ) -> Result<Self, serde_json::Error> {
+        let payload = serde_json::to_vec(envelope)?;
+        Ok(Self::new(
+            topology.episode_subject(T::STAGE, envelope.tenant_id),
+            envelope.id.clone(),
+            payload.into(),
+        )
+        .with_header(headers::EVENT_TYPE, envelope.event_type.clone())
+        .with_header(headers::EVENT_VERSION, envelope.version.to_string()))
     }
 
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {

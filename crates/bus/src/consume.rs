@@ -43,6 +43,18 @@ pub enum Outcome {
     Reject(String),
 }
 
+impl Outcome {
+    /// The outcome of a handler whose last step publishes its result event: a message too
+    /// large for the bus will never fit (dead-letter), anything else may pass on retry.
+    pub fn after_publish(result: Result<crate::PublishAck, BusError>, what: &str) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Ack,
+            Err(e @ BusError::PayloadTooLarge { .. }) => Outcome::Reject(format!("{what}: {e}")),
+            Err(e) => Outcome::Retry(format!("{what}: {e}")),
+        }
+    }
+}
+
 /// One decoded message handed to a [`BatchHandler`].
 #[derive(Debug, Clone)]
 pub struct Incoming<E> {

@@ -98,30 +98,32 @@ pub fn condense_trace(trace: &str, budget: usize) -> String {
         })
         .collect();
     let signal: Vec<bool> = lines.iter().map(|l| has_signal(l)).collect();
-    let mut keep = vec![false; lines.len()];
+    // How many bytes of each line are kept (0 = dropped).
+    let mut keep = vec![0usize; lines.len()];
     let mut used = 0usize;
-    // Error lines first, then the rest, each in original order, within the budget.
+    // Error lines first, then the rest, each in original order, within the budget. A line
+    // that does not fit keeps its head if at least a quarter of the budget is left.
     for pass in [true, false] {
         for (i, line) in lines.iter().enumerate() {
-            if keep[i] || signal[i] != pass {
+            if keep[i] > 0 || signal[i] != pass {
                 continue;
             }
-            let cost = line.len() + 1;
-            if used + cost <= budget {
-                keep[i] = true;
+            let left = budget.saturating_sub(used);
+            let cost = line.len() + 3;
+            if cost <= left {
+                keep[i] = line.len();
                 used += cost;
-            } else if used < budget / 2 {
-                // A long first line: keep its head rather than nothing.
-                keep[i] = true;
+            } else if left >= budget / 4 {
+                keep[i] = left - 3;
                 used = budget;
             }
         }
     }
-    let kept: Vec<&str> = lines
+    let kept: Vec<String> = lines
         .iter()
         .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|(l, _)| l.as_str())
+        .filter(|(_, k)| **k > 0)
+        .map(|(l, k)| clip(l, *k))
         .collect();
     clip(&kept.join(" | "), budget)
 }

@@ -10,7 +10,7 @@ use bus::{BatchHandler, Bus, Incoming, OutboundMessage, Outcome, RequestHandler}
 use bytes::Bytes;
 use common::events::{
     EmbedTextReply, EmbedTextRequest, Envelope, EpisodeCaptured, EpisodeEmbedded, ImageStatus,
-    ModelEmbedding, Stage, Topology, headers,
+    ModelEmbedding, Topology,
 };
 use common::{Embedding, IMAGE_DIM, TEXT_DIM};
 use tokio_util::sync::CancellationToken;
@@ -177,32 +177,11 @@ impl CapturedHandler {
             },
             common::time_util::now_micros(),
         );
-        let payload = match serde_json::to_vec(&event) {
-            Ok(p) => p,
-            Err(e) => return Outcome::Reject(format!("encode embedded event: {e}")),
-        };
-        let published = self
-            .deps
-            .bus
-            .publish(OutboundMessage {
-                subject: self
-                    .deps
-                    .topology
-                    .episode_subject(Stage::Embedded, env.tenant_id),
-                msg_id: event.id.clone(),
-                headers: vec![
-                    (headers::EVENT_TYPE.to_owned(), event.event_type.clone()),
-                    (headers::EVENT_VERSION.to_owned(), event.version.to_string()),
-                ],
-                payload: payload.into(),
-            })
-            .await;
-        match published {
-            Ok(_) => Outcome::Ack,
-            Err(bus::BusError::PayloadTooLarge { size, max }) => Outcome::Reject(format!(
-                "embedded event of {size} bytes exceeds the bus limit of {max}"
-            )),
-            Err(e) => Outcome::Retry(format!("publish embedded: {e}")),
+        match OutboundMessage::episode_event(&self.deps.topology, &event) {
+            Ok(message) => {
+                Outcome::after_publish(self.deps.bus.publish(message).await, "publish embedded")
+            }
+            Err(e) => Outcome::Reject(format!("encode embedded event: {e}")),
         }
     }
 }

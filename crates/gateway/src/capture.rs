@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bus::{OutboundMessage, Publisher};
-use common::events::{Envelope, EpisodeCaptured, RedactionCount, Topology, headers};
+use common::events::{Envelope, EpisodeCaptured, RedactionCount, Topology};
 use common::{Episode, EpisodeId, TenantId, VectorId};
 use db::{Db, NewCapture, Reservation};
 use sha2::{Digest, Sha256};
@@ -128,29 +128,14 @@ impl CaptureService {
             },
             now,
         );
-        let payload = serde_json::to_vec(&envelope)
+        let message = OutboundMessage::episode_event(&self.topology, &envelope)
             .map_err(|e| ApiError::Internal(format!("encode event: {e}")))?;
-        if payload.len() > self.bus.max_payload() {
+        if message.wire_size() > self.bus.max_payload() {
             return Err(ApiError::PayloadTooLarge {
                 limit: self.bus.max_payload(),
             });
         }
-        self.bus
-            .publish(OutboundMessage {
-                subject: self
-                    .topology
-                    .episode_subject(common::events::Stage::Captured, tenant),
-                msg_id: envelope.id.clone(),
-                headers: vec![
-                    (headers::EVENT_TYPE.to_owned(), envelope.event_type.clone()),
-                    (
-                        headers::EVENT_VERSION.to_owned(),
-                        envelope.version.to_string(),
-                    ),
-                ],
-                payload: payload.into(),
-            })
-            .await?;
+        self.bus.publish(message).await?;
         Ok(Accepted {
             episode_id,
             replayed,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bus::{BatchHandler, Bus, Incoming, OutboundMessage, Outcome};
-use common::events::{Envelope, EpisodeEmbedded, EpisodeStored, Stage, Topology, headers};
+use common::events::{Envelope, EpisodeEmbedded, EpisodeStored, Topology};
 use common::vector::{VectorRecord, VectorStore, VectorStoreError, episode_metadata};
 use db::{Db, StoredEpisode};
 use tokio_util::sync::CancellationToken;
@@ -224,29 +224,11 @@ impl IngestHandler {
             },
             stored_at,
         );
-        let payload = match serde_json::to_vec(&event) {
-            Ok(p) => p,
-            Err(e) => return Outcome::Reject(format!("encode stored event: {e}")),
-        };
-        let published = self
-            .deps
-            .bus
-            .publish(OutboundMessage {
-                subject: self
-                    .deps
-                    .topology
-                    .episode_subject(Stage::Stored, env.tenant_id),
-                msg_id: event.id.clone(),
-                headers: vec![
-                    (headers::EVENT_TYPE.to_owned(), event.event_type.clone()),
-                    (headers::EVENT_VERSION.to_owned(), event.version.to_string()),
-                ],
-                payload: payload.into(),
-            })
-            .await;
-        match published {
-            Ok(_) => Outcome::Ack,
-            Err(e) => Outcome::Retry(format!("publish stored: {e}")),
+        match OutboundMessage::episode_event(&self.deps.topology, &event) {
+            Ok(message) => {
+                Outcome::after_publish(self.deps.bus.publish(message).await, "publish stored")
+            }
+            Err(e) => Outcome::Reject(format!("encode stored event: {e}")),
         }
     }
 }
