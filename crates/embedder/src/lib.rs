@@ -37,7 +37,9 @@ pub struct ModelSettings {
     pub dir: Option<PathBuf>,
     /// Path of `libonnxruntime.so`. Falls back to `$ORT_DYLIB_PATH`.
     pub ort_dylib: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads per session.
+    /// ONNX Runtime intra-op threads per session; 0 (the default) uses every core. Real
+    /// episodes are long (~215 tokens), so inference bounds the pipeline: two threads on
+    /// two cores roughly double its throughput (docs/BENCHMARKS.md).
     pub intra_threads: usize,
     /// Parallel inference sessions.
     pub sessions: usize,
@@ -53,7 +55,7 @@ impl Default for ModelSettings {
         Self {
             dir: None,
             ort_dylib: None,
-            intra_threads: 1,
+            intra_threads: 0,
             sessions: 1,
             max_tokens: 256,
             image: None,
@@ -107,6 +109,14 @@ impl ModelSettings {
         self
     }
 
+    /// Intra-op threads to use: the setting, or every core when it is 0.
+    pub fn threads(&self) -> usize {
+        match self.intra_threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        }
+    }
+
     /// Loads the text model and, if configured, the image model. CPU-heavy: call from a
     /// blocking context at start-up.
     pub fn load(&self) -> Result<Models, ModelError> {
@@ -117,7 +127,7 @@ impl ModelSettings {
         let text = TextModel::load(&TextModelConfig {
             model_dir: dir,
             ort_dylib: self.ort_dylib.clone(),
-            intra_threads: self.intra_threads.max(1),
+            intra_threads: self.threads(),
             max_tokens: self.max_tokens,
             sessions: self.sessions.max(1),
         })?;
@@ -135,7 +145,7 @@ impl ModelSettings {
                     config.std = std;
                 }
                 config.ort_dylib = self.ort_dylib.clone();
-                config.intra_threads = self.intra_threads.max(1);
+                config.intra_threads = self.threads();
                 Some((Arc::new(ImageModel::load(&config)?), s.name.clone()))
             }
         };
