@@ -242,6 +242,21 @@ impl Topology {
         format!("{}-embedder", self.prefix)
     }
 
+    /// Request-reply subject of the retriever's search (`RetrieverCall<SearchRequest>`).
+    pub fn search_subject(&self) -> String {
+        format!("{}.{VERSION}.rpc.retriever.search", self.prefix)
+    }
+
+    /// Request-reply subject of the retriever's gate (`RetrieverCall<GateRequest>`).
+    pub fn reflect_subject(&self) -> String {
+        format!("{}.{VERSION}.rpc.retriever.reflect", self.prefix)
+    }
+
+    /// Queue group of the retriever's responders (replicas share the requests).
+    pub fn retriever_queue_group(&self) -> String {
+        format!("{}-retriever", self.prefix)
+    }
+
     fn stream_name(&self, what: &str) -> String {
         format!(
             "{}_{}_{}",

@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod episode;
 pub mod events;
 pub mod ids;
+pub mod query;
 pub mod settings;
 #[cfg(feature = "runtime")]
 pub mod shutdown;

@@ -13,8 +13,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum DbError {
     /// The database cannot serve the request right now: connection refused or lost, pool
     /// exhausted, connect/acquire timeout, lock contention, serialization failure, shutdown.
-    #[error("database unavailable")]
-    Unavailable(#[source] BoxError),
+    #[error("database unavailable: {0}")]
+    Unavailable(BoxError),
     /// A uniqueness or foreign-key constraint rejected the write (e.g. a duplicate API key id
     /// or a key for an unknown tenant).
     #[error("conflict: {0}")]

@@ -46,6 +46,9 @@ pub enum ApiError {
     /// A dependency (NATS, the database) is unreachable; retry later.
     #[error("service temporarily unavailable: {0}")]
     Unavailable(String),
+    /// A dependency did not answer within the request's deadline (the retriever).
+    #[error("upstream timed out: {0}")]
+    Timeout(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::IdempotencyMismatch => "idempotency_key_mismatch",
             ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Timeout(_) => "upstream_timeout",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -99,6 +103,7 @@ impl ResponseError for ApiError {
             ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -110,6 +115,14 @@ impl ResponseError for ApiError {
                 tracing::warn!(error.code = self.code(), cause = %cause, "dependency unavailable");
                 (
                     "a dependency is temporarily unavailable; retry later".to_owned(),
+                    None,
+                    &[],
+                )
+            }
+            ApiError::Timeout(cause) => {
+                tracing::warn!(error.code = self.code(), cause = %cause, "dependency timed out");
+                (
+                    "the request was not answered in time; retry later".to_owned(),
                     None,
                     &[],
                 )
@@ -127,7 +140,7 @@ impl ResponseError for ApiError {
             _ => (self.to_string(), None, &[]),
         };
         let mut builder = HttpResponse::build(status);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT {
             builder.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
         }
         if status == StatusCode::UNAUTHORIZED {

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod capture;
 pub mod error;
+pub mod retriever;
 pub mod routes;
 
 use std::net::{SocketAddr, TcpListener};
@@ -38,6 +39,10 @@ pub struct HttpSettings {
     pub workers: Option<usize>,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// Deadline for search and reflect (answered by the retriever over request-reply);
+    /// past it the gateway answers 504.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -46,6 +51,7 @@ impl Default for HttpSettings {
             addr: "0.0.0.0:8080".to_owned(),
             workers: None,
             body_limit_bytes: common::episode::limits::BODY_BYTES,
+            query_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -94,6 +100,7 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     pub auth: Authenticator,
     pub capture: CaptureService,
+    pub retriever: retriever::RetrieverClient,
     pub body_limit: usize,
 }
 
@@ -117,6 +124,11 @@ impl Gateway {
         let state = web::Data::new(AppState {
             auth: Authenticator::new(deps.db.clone(), auth.cache_ttl),
             capture: CaptureService::new(deps.db.clone(), publisher, deps.topology.clone()),
+            retriever: retriever::RetrieverClient::new(
+                deps.bus.clone(),
+                deps.topology.clone(),
+                http.query_timeout,
+            ),
             db: deps.db,
             bus: deps.bus,
             body_limit: http.body_limit_bytes,
@@ -160,6 +172,8 @@ impl Gateway {
                 .service(
                     web::scope("/api/v1")
                         .route("/capture", web::post().to(routes::capture::capture))
+                        .route("/search", web::post().to(routes::query::search))
+                        .route("/reflect", web::post().to(routes::query::reflect))
                         .route("/episodes/{id}", web::get().to(routes::episodes::get)),
                 )
                 .default_service(web::to(not_found))

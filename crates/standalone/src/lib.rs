@@ -1,5 +1,5 @@
-//! EpisodicMemory in one process, with no servers to install: the gateway, the embedder
-//! and the ingest-writer — the same libraries the separate services run — composed over
+//! EpisodicMemory in one process, with no servers to install: the gateway, the embedder,
+//! the ingest-writer and the retriever — the same libraries the separate services run — composed over
 //! SQLite (system of record), the embedded vector index and the embedded durable bus, all
 //! under one data directory:
 //!
@@ -26,6 +26,7 @@ use embedded_index::EmbeddedIndex;
 use embedder::{EmbedderDeps, ModelSettings, Models};
 use gateway::{AuthSettings, Gateway, GatewayDeps, HttpSettings};
 use ingest_writer::IngestDeps;
+use retriever::{RetrievalSettings, RetrieverDeps};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +40,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub model: ModelSettings,
     pub events: TopologySettings,
+    /// Search and gate tuning (ranking weights, gate thresholds, caches).
+    pub retrieval: RetrievalSettings,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             model: ModelSettings::default(),
             events: TopologySettings::default(),
+            retrieval: RetrievalSettings::default(),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Standalone {
     gateway: Gateway,
     embedder: EmbedderDeps,
     ingest: IngestDeps,
+    retriever: RetrieverDeps,
+    retrieval: RetrievalSettings,
 }
 
 impl Standalone {
@@ -136,6 +142,13 @@ impl Standalone {
                 topology: topology.clone(),
                 models,
             },
+            retriever: RetrieverDeps {
+                bus: bus.clone(),
+                topology: topology.clone(),
+                db: db.clone(),
+                text_store: text_store.clone(),
+            },
+            retrieval: settings.retrieval.clone(),
             ingest: IngestDeps {
                 db,
                 bus,
@@ -162,7 +175,7 @@ impl Standalone {
                 r
             }
         };
-        let (g, e, i) = tokio::join!(
+        let (g, e, i, r) = tokio::join!(
             async {
                 let r = self.gateway.run_until_stopped(shutdown.clone()).await;
                 guard("gateway", stop.clone())(r.map_err(anyhow::Error::from))
@@ -175,8 +188,12 @@ impl Standalone {
                 let r = ingest_writer::run(self.ingest, shutdown.clone()).await;
                 guard("ingest-writer", stop.clone())(r.map_err(anyhow::Error::from))
             },
+            async {
+                let r = retriever::run(self.retriever, &self.retrieval, shutdown.clone()).await;
+                guard("retriever", stop.clone())(r.map_err(anyhow::Error::from))
+            },
         );
-        g.and(e).and(i)
+        g.and(e).and(i).and(r)
     }
 }
 

@@ -172,6 +172,51 @@ impl Db {
         row.map(EpisodeRow::into_domain).transpose()
     }
 
+    /// The tenant's episodes among `ids` (any order; ids of other tenants and unknown or
+    /// deleted ids are simply absent). One query.
+    pub async fn get_episodes(
+        &self,
+        tenant: TenantId,
+        ids: &[EpisodeId],
+    ) -> Result<Vec<StoredEpisode>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenant = tenant.to_string();
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows = with_conn!(self, |conn| {
+            episodes::table
+                .filter(episodes::tenant_id.eq(&tenant))
+                .filter(episodes::id.eq_any(&ids))
+                .select(EpisodeRow::as_select())
+                .load(conn)
+                .await
+        })?;
+        rows.into_iter().map(EpisodeRow::into_domain).collect()
+    }
+
+    /// Which of `ids` are the tenant's stored (and not deleted) episodes. One indexed query.
+    pub async fn existing_episode_ids(
+        &self,
+        tenant: TenantId,
+        ids: &[EpisodeId],
+    ) -> Result<Vec<EpisodeId>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenant = tenant.to_string();
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let found: Vec<String> = with_conn!(self, |conn| {
+            episodes::table
+                .filter(episodes::tenant_id.eq(&tenant))
+                .filter(episodes::id.eq_any(&ids))
+                .select(episodes::id)
+                .load(conn)
+                .await
+        })?;
+        found.iter().map(|id| parse_col(TABLE, "id", id)).collect()
+    }
+
     pub async fn count_episodes(&self, tenant: TenantId) -> Result<i64, DbError> {
         let tenant = tenant.to_string();
         Ok(with_conn!(self, |conn| {

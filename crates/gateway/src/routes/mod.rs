@@ -3,6 +3,7 @@
 pub mod capture;
 pub mod episodes;
 pub mod health;
+pub mod query;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};

@@ -1,0 +1,40 @@
+//! `POST /api/v1/search` and `POST /api/v1/reflect`: parse and validate, then ask the
+//! retriever (docs/API.md, docs/RETRIEVAL.md).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use common::query::{GateFields, GateRequest, SearchFields, SearchRequest};
+
+use super::{parse_json, read_body, require_json, tenant};
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Search and gate bodies are small; anything larger is refused before it is read.
+const QUERY_BODY_LIMIT: usize = 64 * 1024;
+
+pub async fn search(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req, &state).await?;
+    require_json(&req)?;
+    let body = read_body(&req, payload, QUERY_BODY_LIMIT).await?;
+    let fields: SearchFields = parse_json(&body)?;
+    let request = SearchRequest::parse(fields).map_err(ApiError::Validation)?;
+    let results = state.retriever.search(tenant, request).await?;
+    Ok(HttpResponse::Ok().json(results))
+}
+
+pub async fn reflect(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req, &state).await?;
+    require_json(&req)?;
+    let body = read_body(&req, payload, QUERY_BODY_LIMIT).await?;
+    let fields: GateFields = parse_json(&body)?;
+    let request = GateRequest::parse(fields).map_err(ApiError::Validation)?;
+    let decision = state.retriever.reflect(tenant, request).await?;
+    Ok(HttpResponse::Ok().json(decision))
+}

@@ -1,0 +1,223 @@
+//! Ranking: one score per candidate from weighted parts (docs/RETRIEVAL.md). Pure.
+//!
+//! ```text
+//! score = w_sim · similarity + w_lex · lexical
+//!       + w_pre · (precondition − 0.5) + w_rec · recency + w_use · usage
+//! ```
+//!
+//! `precondition` is centred on its neutral 0.5, so a request that says nothing about its
+//! environment ranks purely by relevance; `recency` halves every `half_life`; `usage` is the
+//! smoothed balance of helpful and unhelpful feedback, (h − u) / (h + u + 2).
+
+use std::time::Duration;
+
+use common::Episode;
+use common::query::{PreconditionCheck, QueryContext, ScoreParts};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::lexical::{self, Doc};
+use crate::preconditions;
+
+/// Ranking weights and knobs (`EM_RETRIEVER__RANKING__*`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RankSettings {
+    pub similarity_weight: f32,
+    pub lexical_weight: f32,
+    pub precondition_weight: f32,
+    pub recency_weight: f32,
+    pub usage_weight: f32,
+    /// Age at which the recency part is 0.5.
+    #[serde(with = "humantime_serde")]
+    pub half_life: Duration,
+    /// Environment keys whose mismatch excludes an episode (lower-case).
+    pub hard_keys: Vec<String>,
+    /// Candidates fetched from the vector store per query (at least 4·k).
+    pub candidates: usize,
+}
+
+impl Default for RankSettings {
+    fn default() -> Self {
+        Self {
+            similarity_weight: 1.0,
+            lexical_weight: 0.2,
+            precondition_weight: 0.1,
+            recency_weight: 0.02,
+            usage_weight: 0.05,
+            half_life: Duration::from_secs(90 * 24 * 3600),
+            hard_keys: Vec::new(),
+            candidates: 50,
+        }
+    }
+}
+
+/// One candidate from the vector store, with what ranking needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub episode: &'a Episode,
+    pub doc: &'a Doc,
+    pub captured_at: OffsetDateTime,
+    pub similarity: f32,
+    pub helpful: u64,
+    pub unhelpful: u64,
+}
+
+/// A ranked candidate (`index` into the input slice).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    pub index: usize,
+    pub score: f32,
+    pub parts: ScoreParts,
+    pub checks: Vec<PreconditionCheck>,
+}
+
+/// Scores every candidate and returns them best first, without those a hard precondition
+/// excludes. Ties break on similarity, then on input order.
+pub fn rank(
+    query: &str,
+    ctx: &QueryContext,
+    candidates: &[Candidate<'_>],
+    settings: &RankSettings,
+    now: OffsetDateTime,
+) -> Vec<Ranked> {
+    let docs: Vec<&Doc> = candidates.iter().map(|c| c.doc).collect();
+    let lexical = lexical::bm25_normalised(query, &docs);
+    let mut ranked: Vec<Ranked> = candidates
+        .iter()
+        .enumerate()
+        .filter_map(|(index, c)| {
+            let pre = preconditions::check(c.episode, ctx, &settings.hard_keys);
+            if pre.excluded {
+                return None;
+            }
+            let parts = ScoreParts {
+                similarity: c.similarity,
+                lexical: lexical[index],
+                precondition: pre.score,
+                recency: recency(c.captured_at, now, settings.half_life),
+                usage: usage(c.helpful, c.unhelpful),
+            };
+            Some(Ranked {
+                index,
+                score: total(&parts, settings),
+                parts,
+                checks: pre.checks,
+            })
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(b.parts.similarity.total_cmp(&a.parts.similarity))
+            .then(a.index.cmp(&b.index))
+    });
+    ranked
+}
+
+/// The weighted sum of the parts.
+pub fn total(p: &ScoreParts, w: &RankSettings) -> f32 {
+    w.similarity_weight * p.similarity
+        + w.lexical_weight * p.lexical
+        + w.precondition_weight * (p.precondition - 0.5)
+        + w.recency_weight * p.recency
+        + w.usage_weight * p.usage
+}
+
+/// 1 now, 0.5 after `half_life`; a capture time in the future counts as now.
+pub fn recency(captured_at: OffsetDateTime, now: OffsetDateTime, half_life: Duration) -> f32 {
+    let age = (now - captured_at).as_seconds_f64().max(0.0);
+    let half = half_life.as_secs_f64().max(1.0);
+    0.5f64.powf(age / half) as f32
+}
+
+/// Smoothed feedback balance in -1..1.
+pub fn usage(helpful: u64, unhelpful: u64) -> f32 {
+    (helpful as f64 - unhelpful as f64) as f32 / (helpful + unhelpful + 2) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::EpisodeFields;
+
+    fn ep(goal: &str, tool: &str) -> Episode {
+        Episode::parse(EpisodeFields {
+            goal: Some(goal.into()),
+            tool_chain: vec![tool.into()],
+            ..Default::default()
+        })
+        .expect("valid in this test")
+    }
+
+    #[test]
+    fn recency_and_usage_shapes() {
+        let now = OffsetDateTime::now_utc();
+        let day = Duration::from_secs(86_400);
+        assert!((recency(now, now, day) - 1.0).abs() < 1e-6);
+        assert!((recency(now - time::Duration::days(1), now, day) - 0.5).abs() < 1e-3);
+        assert_eq!(recency(now + time::Duration::days(1), now, day), 1.0);
+        assert_eq!(usage(0, 0), 0.0);
+        assert!(usage(10, 0) > 0.8);
+        assert!(usage(0, 10) < -0.8);
+    }
+
+    #[test]
+    fn lexical_and_feedback_break_near_ties() {
+        let now = OffsetDateTime::now_utc();
+        let a = ep("pod in ImagePullBackOff after deploy", "kubectl");
+        let b = ep("pod in CrashLoopBackOff after deploy", "kubectl");
+        let (da, db) = (Doc::new(a.goal()), Doc::new(b.goal()));
+        let c = |e, d, sim, h| Candidate {
+            episode: e,
+            doc: d,
+            captured_at: now,
+            similarity: sim,
+            helpful: h,
+            unhelpful: 0,
+        };
+        let s = RankSettings::default();
+        let ctx = QueryContext::default();
+        let r = rank(
+            "ImagePullBackOff",
+            &ctx,
+            &[c(&b, &db, 0.71, 0), c(&a, &da, 0.70, 0)],
+            &s,
+            now,
+        );
+        assert_eq!(r[0].index, 1, "{r:?}");
+        // Feedback alone reorders equal candidates.
+        let r = rank(
+            "after deploy",
+            &ctx,
+            &[c(&a, &da, 0.7, 0), c(&b, &db, 0.7, 9)],
+            &s,
+            now,
+        );
+        assert_eq!(r[0].index, 1);
+        assert!(r[0].parts.usage > 0.0);
+    }
+
+    #[test]
+    fn context_tool_mismatch_lowers_and_hard_keys_exclude() {
+        let now = OffsetDateTime::now_utc();
+        let a = ep("deploy failed", "helm");
+        let d = Doc::new(a.goal());
+        let cand = [Candidate {
+            episode: &a,
+            doc: &d,
+            captured_at: now,
+            similarity: 0.8,
+            helpful: 0,
+            unhelpful: 0,
+        }];
+        let s = RankSettings::default();
+        let neutral = rank("deploy", &QueryContext::default(), &cand, &s, now)[0].score;
+        let other_tool = QueryContext {
+            tool: Some("terraform".into()),
+            ..Default::default()
+        };
+        let lowered = rank("deploy", &other_tool, &cand, &s, now)[0].score;
+        assert!(lowered < neutral);
+    }
+}
