@@ -418,8 +418,13 @@ fn scalar_text(v: &serde_json::Value) -> Option<String> {
 /// Why a hit ranks where it does: the weighted parts of its score (docs/RETRIEVAL.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScoreParts {
-    /// Cosine similarity of the query and the episode (0..1 in practice).
+    /// Cosine similarity of the query and the episode (0..1 in practice); `min_similarity`
+    /// and the no-result threshold apply to it.
     pub similarity: f32,
+    /// Cosine similarity of the episode and the query expanded with its best first-pass
+    /// matches (pseudo-relevance feedback); ranking uses this one, so the other members of
+    /// a recurring failure rank next to the best match.
+    pub expanded_similarity: f32,
     /// Lexical (BM25) match on the episode's words and error signatures, 0..1 relative to
     /// the best candidate.
     pub lexical: f32,

@@ -35,7 +35,7 @@ struct Cli {
     out: Option<PathBuf>,
     /// The no-result threshold reported as the production τ (the recommended
     /// `min_similarity`, docs/RETRIEVAL.md).
-    #[arg(long, default_value_t = 0.40)]
+    #[arg(long, default_value_t = 0.30)]
     tau: f32,
     /// Concurrent requests while loading and querying.
     #[arg(long, default_value_t = 8)]

@@ -47,6 +47,7 @@ impl From<db::DbError> for RetrieveError {
 #[derive(Debug)]
 struct CachedEpisode {
     episode: Episode,
+    embedding: Embedding,
     captured_at: OffsetDateTime,
     doc: Doc,
 }
@@ -250,6 +251,7 @@ impl Engine {
                 let episode = stored.episode.without_screenshot();
                 let cached = Arc::new(CachedEpisode {
                     doc: episode_doc(&episode),
+                    embedding: stored.text_embedding,
                     episode,
                     captured_at: stored.captured_at,
                 });
@@ -279,7 +281,9 @@ impl Engine {
     ) -> Result<(usize, Vec<SearchHit>), RetrieveError> {
         let embedding = self.embed(text).await?;
         let wanted = self.ranking.candidates.max(4 * k);
-        let (found, cands) = self.candidates(tenant, embedding, wanted, filters).await?;
+        let (found, cands) = self
+            .candidates(tenant, embedding.clone(), wanted, filters)
+            .await?;
         let ids: Vec<EpisodeId> = cands.iter().map(|c| c.1).collect();
         let feedback: HashMap<EpisodeId, (u64, u64)> = HashMap::new(); // FEEDBACK_PENDING
         let _ = &ids;
@@ -290,6 +294,7 @@ impl Engine {
                 let (helpful, unhelpful) = feedback.get(id).copied().unwrap_or((0, 0));
                 Candidate {
                     episode: &e.episode,
+                    embedding: e.embedding.as_slice(),
                     doc: &e.doc,
                     captured_at: e.captured_at,
                     similarity: *sim,
@@ -298,7 +303,7 @@ impl Engine {
                 }
             })
             .collect();
-        let ranked = rank::rank(text, ctx, &input, &self.ranking, now);
+        let ranked = rank::rank(text, embedding.as_slice(), ctx, &input, &self.ranking, now);
         let hits = ranked
             .into_iter()
             .filter(|r| min_similarity.is_none_or(|m| r.parts.similarity >= m))

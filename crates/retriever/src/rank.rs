@@ -1,10 +1,14 @@
 //! Ranking: one score per candidate from weighted parts (docs/RETRIEVAL.md). Pure.
 //!
 //! ```text
-//! score = w_sim · similarity + w_lex · lexical
+//! score = w_sim · expanded_similarity + w_lex · lexical
 //!       + w_pre · (precondition − 0.5) + w_rec · recency + w_use · usage
 //! ```
 //!
+//! `expanded_similarity` is the cosine with the query moved towards its best first-pass
+//! matches (Rocchio pseudo-relevance feedback: q' = q + β·mean(top m), normalised; the
+//! first pass ranks by similarity + lexical). Recurring failures are worded differently
+//! each time; the expansion pulls the other members of the best match's group up with it.
 //! `precondition` is centred on its neutral 0.5, so a request that says nothing about its
 //! environment ranks purely by relevance; `recency` halves every `half_life`; `usage` is the
 //! smoothed balance of helpful and unhelpful feedback, (h − u) / (h + u + 2).
@@ -35,6 +39,10 @@ pub struct RankSettings {
     pub hard_keys: Vec<String>,
     /// Candidates fetched from the vector store per query (at least 4·k).
     pub candidates: usize,
+    /// Pseudo-relevance feedback: how many first-pass matches expand the query (0: off).
+    pub expansion_docs: usize,
+    /// … and their weight β relative to the query.
+    pub expansion_weight: f32,
 }
 
 impl Default for RankSettings {
@@ -48,6 +56,8 @@ impl Default for RankSettings {
             half_life: Duration::from_secs(90 * 24 * 3600),
             hard_keys: Vec::new(),
             candidates: 50,
+            expansion_docs: 2,
+            expansion_weight: 0.5,
         }
     }
 }
@@ -56,6 +66,8 @@ impl Default for RankSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate<'a> {
     pub episode: &'a Episode,
+    /// The episode's text embedding (unit length, same space as the query).
+    pub embedding: &'a [f32],
     pub doc: &'a Doc,
     pub captured_at: OffsetDateTime,
     pub similarity: f32,
@@ -76,6 +88,7 @@ pub struct Ranked {
 /// excludes. Ties break on similarity, then on input order.
 pub fn rank(
     query: &str,
+    query_embedding: &[f32],
     ctx: &QueryContext,
     candidates: &[Candidate<'_>],
     settings: &RankSettings,
@@ -83,6 +96,7 @@ pub fn rank(
 ) -> Vec<Ranked> {
     let docs: Vec<&Doc> = candidates.iter().map(|c| c.doc).collect();
     let lexical = lexical::bm25_normalised(query, &docs);
+    let expanded = expand_query(query_embedding, candidates, &lexical, settings);
     let mut ranked: Vec<Ranked> = candidates
         .iter()
         .enumerate()
@@ -93,6 +107,9 @@ pub fn rank(
             }
             let parts = ScoreParts {
                 similarity: c.similarity,
+                expanded_similarity: expanded
+                    .as_deref()
+                    .map_or(c.similarity, |q| common::embedding::dot(q, c.embedding)),
                 lexical: lexical[index],
                 precondition: pre.score,
                 recency: recency(c.captured_at, now, settings.half_life),
@@ -115,9 +132,50 @@ pub fn rank(
     ranked
 }
 
+/// q' = q + β·mean(embeddings of the best `expansion_docs` by similarity + lexical),
+/// normalised; `None` when expansion is off or there is nothing to expand with.
+fn expand_query(
+    query: &[f32],
+    candidates: &[Candidate<'_>],
+    lexical: &[f32],
+    s: &RankSettings,
+) -> Option<Vec<f32>> {
+    if s.expansion_docs == 0 || s.expansion_weight <= 0.0 || candidates.is_empty() {
+        return None;
+    }
+    let mut first: Vec<(usize, f32)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, c.similarity + s.lexical_weight * lexical[i]))
+        .collect();
+    first.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let top: Vec<&[f32]> = first
+        .iter()
+        .take(s.expansion_docs)
+        .map(|(i, _)| candidates[*i].embedding)
+        .filter(|e| e.len() == query.len())
+        .collect();
+    if top.is_empty() {
+        return None;
+    }
+    let beta = s.expansion_weight / top.len() as f32;
+    let mut q: Vec<f32> = query.to_vec();
+    for e in top {
+        for (x, y) in q.iter_mut().zip(e) {
+            *x += beta * y;
+        }
+    }
+    let norm = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm <= f32::EPSILON {
+        return None;
+    }
+    q.iter_mut().for_each(|x| *x /= norm);
+    Some(q)
+}
+
 /// The weighted sum of the parts.
 pub fn total(p: &ScoreParts, w: &RankSettings) -> f32 {
-    w.similarity_weight * p.similarity
+    w.similarity_weight * p.expanded_similarity
         + w.lexical_weight * p.lexical
         + w.precondition_weight * (p.precondition - 0.5)
         + w.recency_weight * p.recency
@@ -170,6 +228,7 @@ mod tests {
         let (da, db) = (Doc::new(a.goal()), Doc::new(b.goal()));
         let c = |e, d, sim, h| Candidate {
             episode: e,
+            embedding: &[],
             doc: d,
             captured_at: now,
             similarity: sim,
@@ -180,6 +239,7 @@ mod tests {
         let ctx = QueryContext::default();
         let r = rank(
             "ImagePullBackOff",
+            &[],
             &ctx,
             &[c(&b, &db, 0.71, 0), c(&a, &da, 0.70, 0)],
             &s,
@@ -189,6 +249,7 @@ mod tests {
         // Feedback alone reorders equal candidates.
         let r = rank(
             "after deploy",
+            &[],
             &ctx,
             &[c(&a, &da, 0.7, 0), c(&b, &db, 0.7, 9)],
             &s,
@@ -205,6 +266,7 @@ mod tests {
         let d = Doc::new(a.goal());
         let cand = [Candidate {
             episode: &a,
+            embedding: &[],
             doc: &d,
             captured_at: now,
             similarity: 0.8,
@@ -212,12 +274,76 @@ mod tests {
             unhelpful: 0,
         }];
         let s = RankSettings::default();
-        let neutral = rank("deploy", &QueryContext::default(), &cand, &s, now)[0].score;
+        let neutral = rank("deploy", &[], &QueryContext::default(), &cand, &s, now)[0].score;
         let other_tool = QueryContext {
             tool: Some("terraform".into()),
             ..Default::default()
         };
-        let lowered = rank("deploy", &other_tool, &cand, &s, now)[0].score;
+        let lowered = rank("deploy", &[], &other_tool, &cand, &s, now)[0].score;
         assert!(lowered < neutral);
+    }
+}
+
+#[cfg(test)]
+mod expansion_tests {
+    use super::*;
+    use common::EpisodeFields;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn expansion_pulls_up_the_neighbours_of_the_best_match() {
+        let now = OffsetDateTime::now_utc();
+        let e = Episode::parse(EpisodeFields {
+            goal: Some("g".into()),
+            ..Default::default()
+        })
+        .expect("valid in this test");
+        let d = Doc::new("g");
+        let query = unit(&[1.0, 0.0, 0.0]);
+        // `best` matches the query; `sibling` is close to `best` but less to the query;
+        // `other` is as close to the query as `sibling` but in another direction.
+        let best = unit(&[0.9, 0.44, 0.0]);
+        let sibling = unit(&[0.6, 0.8, 0.0]);
+        let other = unit(&[0.6, 0.0, 0.8]);
+        let dot = |a: &[f32]| common::embedding::dot(&query, a);
+        let c = |emb: &'static [f32], sim: f32| Candidate {
+            episode: &e,
+            embedding: emb,
+            doc: &d,
+            captured_at: now,
+            similarity: sim,
+            helpful: 0,
+            unhelpful: 0,
+        };
+        let (best, sibling, other): (&'static [f32], &'static [f32], &'static [f32]) = (
+            Box::leak(best.into_boxed_slice()),
+            Box::leak(sibling.into_boxed_slice()),
+            Box::leak(other.into_boxed_slice()),
+        );
+        let cands = [
+            c(other, dot(other)),
+            c(sibling, dot(sibling)),
+            c(best, dot(best)),
+        ];
+        let s = RankSettings {
+            expansion_docs: 1,
+            ..RankSettings::default()
+        };
+        let r = rank("q", &query, &QueryContext::default(), &cands, &s, now);
+        assert_eq!(r[0].index, 2);
+        assert_eq!(r[1].index, 1, "{r:?}");
+        let off = RankSettings {
+            expansion_docs: 0,
+            ..RankSettings::default()
+        };
+        let r = rank("q", &query, &QueryContext::default(), &cands, &off, now);
+        assert_eq!(
+            r[1].index, 0,
+            "without expansion the tie breaks on input order"
+        );
     }
 }
