@@ -37,6 +37,9 @@ struct Cli {
     /// `min_similarity`, docs/RETRIEVAL.md).
     #[arg(long, default_value_t = 0.30)]
     tau: f32,
+    /// Write every probe's answer (JSON Lines: id, expected, predicted, reply) here.
+    #[arg(long)]
+    dump: Option<PathBuf>,
     /// Concurrent requests while loading and querying.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -282,6 +285,20 @@ async fn main() -> anyhow::Result<()> {
     let decisions: Vec<(String, String, bool, Value)> =
         decisions.into_iter().collect::<anyhow::Result<_>>()?;
     let gate_secs = started.elapsed().as_secs_f64();
+    if let Some(path) = &cli.dump {
+        let mut out = String::new();
+        for (p, (expected, predicted, _, reply)) in probes.iter().zip(&decisions) {
+            let because: Vec<&str> = p
+                .because
+                .iter()
+                .map(|b| to_service.get(b).map_or(b.as_str(), String::as_str))
+                .collect();
+            let line = json!({"id": p.id, "expected": expected, "predicted": predicted,
+                "because": because, "action": p.proposed_action, "reply": reply});
+            let _ = writeln!(out, "{line}");
+        }
+        std::fs::write(path, out)?;
+    }
     shutdown.cancel();
     let _ = server.await;
 

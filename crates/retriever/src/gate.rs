@@ -6,13 +6,17 @@
 //! 1. no match at or above `relevant_similarity` → **proceed**;
 //! 2. a read-only or diagnostic command (`get`, `describe`, `status`, `--dry-run`, …) that is
 //!    not destructive → **proceed**;
-//! 3. the best match did not run the same operation (tool and subcommand) → **hint** when
+//! 3. the action is destructive or unsafe (`--force`, `-lock=false`, `force-unlock`,
+//!    printing a private key, …) and a stored failure is relevant → **block**;
+//! 4. the best match did not run the same operation (tool and subcommand) → **hint** when
 //!    the match is strong, otherwise **proceed**;
-//! 4. the agent does not know the state that caused the stored failure (`"unknown"`,
+//! 5. the agent does not know the state that caused the stored failure (`"unknown"`,
 //!    "not checked") → **hint**;
-//! 5. the action is destructive, or the stored fix lies outside the action (a credential,
-//!    a permission, an approval, waiting for another operation) → **block**;
-//! 6. otherwise → **rewrite**, suggesting the stored fix.
+//! 6. every yes/no fact in `current_state` says the cause is absent (`venv_active: true`,
+//!    `lock_held: false`; see [`state_polarity`]) → **proceed**: the fix is in place;
+//! 7. the stored failure was a permission failure and its fix names no command to run
+//!    instead (a grant, a credential, an approval) → **block**;
+//! 8. otherwise → **rewrite**, suggesting the stored fix.
 
 use common::Episode;
 use common::ErrorClass;
@@ -94,6 +98,21 @@ pub fn decide(req: &GateRequest, matches: &[Match<'_>], s: &GateSettings) -> Ver
             cites: vec![best_i],
         };
     }
+    if destructive {
+        return Verdict {
+            recommendation: Recommendation::Block,
+            confidence: clamp(best.similarity + 0.1),
+            rationale: format!(
+                "The action is destructive or unsafe in the light of a stored failure ({}, similarity {:.2}): {}",
+                best.id,
+                best.similarity,
+                lesson(best.episode)
+            ),
+            suggested_action: first_sentence(best.episode.resolution())
+                .map(|r| format!("Do not run it. Instead: {r}")),
+            cites: vec![best_i],
+        };
+    }
     let same_op = relevant
         .iter()
         .copied()
@@ -127,7 +146,7 @@ pub fn decide(req: &GateRequest, matches: &[Match<'_>], s: &GateSettings) -> Ver
     };
     let m = matches[m_i];
     let cites = vec![m_i];
-    if state_is_uncertain(req) && !destructive {
+    if state_is_uncertain(req) {
         return Verdict {
             recommendation: Recommendation::Hint,
             confidence: clamp(m.similarity),
@@ -141,25 +160,31 @@ pub fn decide(req: &GateRequest, matches: &[Match<'_>], s: &GateSettings) -> Ver
             cites,
         };
     }
-    if destructive || needs_outside_remedy(m.episode) {
-        let why = if destructive {
-            "the action is destructive or unsafe in the light of this failure"
-        } else {
-            "the fix lay outside the command itself"
+    if state_polarity(&req.current_state) == Polarity::AllClear {
+        return Verdict {
+            recommendation: Recommendation::Proceed,
+            confidence: 0.6,
+            rationale: format!(
+                "The same operation failed before ({}), but the current state says its cause is absent: {}",
+                m.id,
+                lesson(m.episode)
+            ),
+            suggested_action: None,
+            cites,
         };
+    }
+    let substitute = suggested_command(m.episode);
+    if m.episode.error_class() == ErrorClass::PermissionError && substitute.is_none() {
         return Verdict {
             recommendation: Recommendation::Block,
             confidence: clamp(m.similarity + 0.1),
             rationale: format!(
-                "This action failed before under similar conditions ({}, similarity {:.2}) and {why}: {}",
+                "This action failed before under similar conditions ({}, similarity {:.2}) and the fix lay outside the command itself: {}",
                 m.id,
                 m.similarity,
                 lesson(m.episode)
             ),
-            suggested_action: m
-                .episode
-                .resolution()
-                .and_then(|r| first_sentence(Some(r)))
+            suggested_action: first_sentence(m.episode.resolution())
                 .map(|r| format!("Do not run it as is. First: {r}")),
             cites,
         };
@@ -173,8 +198,7 @@ pub fn decide(req: &GateRequest, matches: &[Match<'_>], s: &GateSettings) -> Ver
             m.similarity,
             lesson(m.episode)
         ),
-        suggested_action: suggested_command(m.episode)
-            .or_else(|| first_sentence(m.episode.resolution())),
+        suggested_action: substitute.or_else(|| first_sentence(m.episode.resolution())),
         cites,
     }
 }
@@ -287,7 +311,7 @@ pub fn is_read_only(cmd: &str) -> bool {
     let words = command_words(cmd);
     match words.as_slice() {
         [] => false,
-        [_] => ["-v", "--version", "-g", "--help", "-h"]
+        [_] => ["-v", "--version", "--help"]
             .iter()
             .any(|f| lc.split_whitespace().nth(1) == Some(*f)),
         [_, rest @ ..] => rest.iter().take(2).any(|w| READ_ONLY.contains(&w.as_str())),
@@ -343,32 +367,91 @@ pub fn state_is_uncertain(req: &GateRequest) -> bool {
         .any(|p| ctx.contains(p))
 }
 
-const OUTSIDE: [&str; 14] = [
-    "credential",
-    "revoked",
+/// What the yes/no facts of `current_state` say about the usual causes of failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polarity {
+    /// At least one fact points at a problem (`lock_held: true`, `prefix_writable: false`).
+    Problem,
+    /// Every yes/no fact says things are fine (`venv_active: true`, `lock_held: false`).
+    AllClear,
+    /// No yes/no facts.
+    Silent,
+}
+
+/// Words in a state key that make `true` bad news.
+const BAD_WORDS: [&str; 44] = [
+    "lock",
+    "held",
     "expired",
-    "permission",
-    "grant",
-    "approval",
-    "approve",
-    "role",
-    "rotate",
-    "wait",
-    "still running",
-    "in progress",
-    "access token",
-    "quota",
+    "revoked",
+    "protected",
+    "failed",
+    "fail",
+    "error",
+    "errors",
+    "missing",
+    "conflict",
+    "conflicts",
+    "stale",
+    "dirty",
+    "behind",
+    "inactive",
+    "denied",
+    "inspection",
+    "leak",
+    "leaked",
+    "orphaned",
+    "pending",
+    "running",
+    "exceeded",
+    "broken",
+    "unstaged",
+    "uncommitted",
+    "outdated",
+    "mismatch",
+    "duplicate",
+    "duplicates",
+    "tainted",
+    "changed",
+    "use",
+    "full",
+    "managed",
+    "private",
+    "limited",
+    "throttled",
+    "blocked",
+    "locked",
+    "corrupt",
+    "corrupted",
+    "unhealthy",
 ];
 
-/// The stored fix was not a different command but something outside the action.
-pub fn needs_outside_remedy(e: &Episode) -> bool {
-    if e.error_class() == ErrorClass::PermissionError {
-        return true;
+/// Reads the yes/no facts of a state: a key whose words name a problem (`lock_held`,
+/// `token_expired`) is bad news when true; any other yes/no key (`venv_active`,
+/// `prefix_writable`) is bad news when false. Other values are not judged.
+pub fn state_polarity(state: &std::collections::BTreeMap<String, String>) -> Polarity {
+    let (mut problems, mut clear) = (0, 0);
+    for (key, value) in state {
+        let truth = match value.trim().to_lowercase().as_str() {
+            "true" | "yes" => true,
+            "false" | "no" => false,
+            _ => continue,
+        };
+        let bad_key = key
+            .to_lowercase()
+            .split(['_', '-', '.'])
+            .any(|w| BAD_WORDS.contains(&w));
+        if truth == bad_key {
+            problems += 1;
+        } else {
+            clear += 1;
+        }
     }
-    let fix = first_sentence(e.resolution())
-        .unwrap_or_default()
-        .to_lowercase();
-    OUTSIDE.iter().any(|k| fix.contains(k))
+    match (problems, clear) {
+        (0, 0) => Polarity::Silent,
+        (0, _) => Polarity::AllClear,
+        _ => Polarity::Problem,
+    }
 }
 
 /// The first command quoted in backticks in the resolution.
@@ -514,12 +597,59 @@ mod tests {
         let v = decide_one(&req("npm publish --access public", "", &[]), &outside, 0.8);
         assert_eq!(v.recommendation, Recommendation::Block);
         assert!(v.rationale.contains("ep-1"));
+        // The state says the cause is gone → proceed.
+        let v = decide_one(
+            &req(
+                "npm install -D eslint@9",
+                "",
+                &[("flat_config", "true"), ("lock_held", "false")],
+            ),
+            &fixable,
+            0.8,
+        );
+        assert_eq!(v.recommendation, Recommendation::Proceed);
+        // Destructive with a relevant failure → block even as a different operation.
+        let v = decide_one(&req("npm publish --force", "", &[]), &fixable, 0.6);
+        assert_eq!(v.recommendation, Recommendation::Block);
         // 6. rewrite with the stored command.
         let v = decide_one(&req("npm install -D eslint@9", "", &[]), &fixable, 0.8);
         assert_eq!(v.recommendation, Recommendation::Rewrite);
         assert_eq!(
             v.suggested_action.as_deref(),
             Some("npm install -D eslint@8.57.0")
+        );
+    }
+
+    #[test]
+    fn state_polarity_reads_yes_no_facts() {
+        let state = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            state_polarity(&state(&[("venv_active", "true")])),
+            Polarity::AllClear
+        );
+        assert_eq!(
+            state_polarity(&state(&[("lock_held", "false")])),
+            Polarity::AllClear
+        );
+        assert_eq!(
+            state_polarity(&state(&[("lock_held", "true")])),
+            Polarity::Problem
+        );
+        assert_eq!(
+            state_polarity(&state(&[
+                ("prefix_writable", "false"),
+                ("venv_active", "true")
+            ])),
+            Polarity::Problem
+        );
+        assert_eq!(
+            state_polarity(&state(&[("replicas", "6")])),
+            Polarity::Silent
         );
     }
 
