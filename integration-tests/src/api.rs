@@ -132,6 +132,18 @@ impl Api {
         .await
     }
 
+    /// `POST <path>` with a JSON body and the tenant's key (search, reflect).
+    pub async fn post(&self, key: &str, path: &str, body: &Value) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("X-API-Key", key)
+                .header("Content-Type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     /// `GET <path>` without a key (health endpoints).
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.http.get(format!("{}{path}", self.base)))

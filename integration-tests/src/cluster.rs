@@ -21,7 +21,8 @@ use crate::api::{Api, Tenant};
 pub struct ClusterOptions {
     /// The NATS the services use (default: the test NATS). A closed port simulates an outage.
     pub services_nats_url: Option<String>,
-    /// Start the embedder and the ingest-writer too (otherwise only the gateway).
+    /// Start the embedder, the ingest-writer and the retriever too (otherwise only the
+    /// gateway).
     pub pipeline: bool,
 }
 
@@ -40,6 +41,7 @@ pub struct Cluster {
     pub gateway: ServiceProcess,
     pub embedder: Option<ServiceProcess>,
     pub writer: Option<ServiceProcess>,
+    pub retriever: Option<ServiceProcess>,
     pub api: Api,
     pub kyrodb: FakeKyroDbHandle,
     /// For assertions on streams and consumers (always the real test NATS).
@@ -72,7 +74,7 @@ impl Cluster {
         let services_nats = options.services_nats_url.clone().unwrap_or_else(nats_url);
 
         // The embedder first: loading the model is the slowest start.
-        let (mut embedder, mut writer) = (None, None);
+        let (mut embedder, mut writer, mut retriever) = (None, None, None);
         if options.pipeline {
             embedder = Some(ServiceProcess::start(
                 ServiceSpec::new("embedder", "embedder")
@@ -94,6 +96,13 @@ impl Cluster {
                     .env("EM_INGEST_WRITER__NATS__URL", &services_nats)
                     .env("EM_INGEST_WRITER__KYRODB__TEXT__URL", kyrodb.url()),
             ));
+            retriever = Some(ServiceProcess::start(
+                ServiceSpec::new("retriever", "retriever")
+                    .env("EM_RETRIEVER__DATABASE__URL", &db.url)
+                    .env("EM_RETRIEVER__EVENTS__PREFIX", &topo.prefix)
+                    .env("EM_RETRIEVER__NATS__URL", &services_nats)
+                    .env("EM_RETRIEVER__KYRODB__URL", kyrodb.url()),
+            ));
         }
         let mut gateway =
             ServiceProcess::start(gateway_spec(&db.url, &topo.prefix, &services_nats));
@@ -113,10 +122,16 @@ impl Cluster {
         if let Some(writer) = &mut writer {
             writer.wait_for_log("consumer started", START_TIMEOUT).await;
         }
+        if let Some(retriever) = &mut retriever {
+            retriever
+                .wait_for_log("retriever serving", START_TIMEOUT)
+                .await;
+        }
         let cluster = Cluster {
             gateway,
             embedder,
             writer,
+            retriever,
             api,
             kyrodb,
             js,
@@ -179,6 +194,7 @@ impl Cluster {
             Some(&self.gateway),
             self.embedder.as_ref(),
             self.writer.as_ref(),
+            self.retriever.as_ref(),
         ]
         .into_iter()
         .flatten()
