@@ -8,8 +8,10 @@ export EM_MODEL_DIR ?= $(CACHE)/models/all-MiniLM-L6-v2
 export ORT_DYLIB_PATH ?= $(CACHE)/onnxruntime/lib/libonnxruntime.so
 export EM_TEST_VISION_MODEL ?= $(CACHE)/models/test-vision/model.onnx
 CARGO ?= cargo
+# The evaluation set `make eval` scores (any directory in the same format).
+EVAL ?= $(CURDIR)/../shared/eval/dev
 
-.PHONY: help run model services build lint test test-only bench clean-data
+.PHONY: help run model services build lint test test-only bench eval clean-data
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -38,6 +40,9 @@ test-only: ## unit and integration tests (servers and model must be up)
 
 bench: services model ## benchmarks; results go to docs/BENCHMARKS.md
 	@scripts/bench/run.sh
+
+eval: model ## score search and the gate on $(EVAL) in a fresh embedded instance (dev set: rewrites docs/EVALUATION.md)
+	@scripts/dev/eval.sh "$(EVAL)"
 
 clean-data: ## delete the standalone data directory
 	rm -rf data

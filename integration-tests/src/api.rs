@@ -144,6 +144,16 @@ impl Api {
         .await
     }
 
+    /// `DELETE <path>` with the tenant's key.
+    pub async fn delete(&self, key: &str, path: &str) -> Reply {
+        self.send(
+            self.http
+                .delete(format!("{}{path}", self.base))
+                .header("X-API-Key", key),
+        )
+        .await
+    }
+
     /// `GET <path>` without a key (health endpoints).
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.http.get(format!("{}{path}", self.base)))

@@ -147,6 +147,33 @@ async fn assert_scoped(api: &Api, tenants: [(&Tenant, &BTreeSet<String>); 2]) {
     }
 }
 
+/// A deleted episode disappears from search and gate at once, cached answers included.
+async fn assert_deleted_never_returned(api: &Api, tenant: &Tenant, own: &BTreeSet<String>) {
+    let body =
+        json!({"query": "helm upgrade says the deployment selector field is immutable", "k": 10});
+    let gate = json!({"proposed_action": "helm upgrade web-api ./charts/api -n prod", "goal": "rename labels", "tool": "helm"});
+    let before = api.post(&tenant.key, "/api/v1/search", &body).await;
+    let victim = returned_ids(&before.json, "results")[0].clone();
+    assert!(own.contains(&victim));
+    let _ = api.post(&tenant.key, "/api/v1/reflect", &gate).await;
+    let deleted = api
+        .delete(&tenant.key, &format!("/api/v1/episodes/{victim}"))
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    let after = api.post(&tenant.key, "/api/v1/search", &body).await;
+    assert!(
+        !returned_ids(&after.json, "results").contains(&victim),
+        "{}",
+        after.text
+    );
+    let gated = api.post(&tenant.key, "/api/v1/reflect", &gate).await;
+    assert!(
+        !returned_ids(&gated.json, "matched_episodes").contains(&victim),
+        "{}",
+        gated.text
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_search_and_gate_never_cross_tenants() {
     let _serial = serial().await;
@@ -157,6 +184,7 @@ async fn standalone_search_and_gate_never_cross_tenants() {
     let a_ids = load(&app.api, &a, "alpha").await;
     let b_ids = load(&app.api, &b, "beta").await;
     assert_scoped(&app.api, [(&a, &a_ids), (&b, &b_ids)]).await;
+    assert_deleted_never_returned(&app.api, &a, &a_ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +196,7 @@ async fn services_search_and_gate_never_cross_tenants_and_fail_fast_without_a_re
     let a_ids = load(&cluster.api, &a, "alpha").await;
     let b_ids = load(&cluster.api, &b, "beta").await;
     assert_scoped(&cluster.api, [(&a, &a_ids), (&b, &b_ids)]).await;
+    assert_deleted_never_returned(&cluster.api, &b, &b_ids).await;
 
     // The retriever goes away: a JSON 503 at once, never a hang.
     cluster.retriever.as_mut().expect("retriever").kill9();

@@ -14,7 +14,10 @@
 #  6. `loadgen report` → docs/BENCHMARKS.md (prose from scripts/bench/interpretation.md).
 #
 # Needs the servers (`make services`) and the model (`make model`); `make bench` runs both.
-# Knobs (env): BENCH_MODES="standalone services", BENCH_STEADY=4:30s (rate:duration),
+#  7. search and gate: a tenant seeded with BENCH_QUERY_EPISODES (10,000) stored episodes
+#     (`loadgen seed`), then open-loop `loadgen query` for search and reflect, every request
+#     distinct (no cache help) at BENCH_QUERY_RATES, and repeated at BENCH_REPEAT_RATES.
+# Knobs (env): BENCH_PARTS="capture query", BENCH_MODES="standalone services", BENCH_STEADY=4:30s (rate:duration),
 # BENCH_OPEN="50:10s 200:5s", BENCH_BURST=600, BENCH_CONCURRENCY=32, BENCH_THREADS2=1,
 # BENCH_CRITERION=1 (0 skips the model bench), BENCH_OUT=docs/BENCHMARKS.md.
 # Everything it starts is stopped and deleted on exit; the raw results and logs are kept
@@ -24,6 +27,12 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
 MODES=${BENCH_MODES:-standalone services}
+PARTS=${BENCH_PARTS:-capture query}
+QUERY_EPISODES=${BENCH_QUERY_EPISODES:-10000}
+QUERY_RATES=${BENCH_QUERY_RATES:-50,100,150,200}
+REPEAT_RATES=${BENCH_REPEAT_RATES:-500,1000,1500}
+QUERY_DURATION=${BENCH_QUERY_DURATION:-10s}
+EVAL_SET=$(dirname "$DATASET")
 STEADY=${BENCH_STEADY:-4:30s}
 OPEN=${BENCH_OPEN:-50:10s 200:5s}
 BURST=${BENCH_BURST:-600}
@@ -251,18 +260,100 @@ bench_services() {
   grep -h 'loadgen infra' "$WORK/infra.log" || true
 }
 
+# query_scenarios <mode>: search and reflect load against $URL with $KEY.
+query_scenarios() {
+  local mode=$1 endpoint kind rates
+  mkdir -p "$RESULTS/query"
+  for endpoint in search reflect; do
+    for kind in distinct repeated; do
+      rates=$QUERY_RATES
+      [ "$kind" = repeated ] && rates=$REPEAT_RATES
+      step "$mode: $endpoint, $kind requests, open loop at $rates req/s for $QUERY_DURATION each"
+      record "loadgen query --url \$URL --key \$KEY --set $EVAL_SET --endpoint $endpoint --mode $kind --rates $rates --duration $QUERY_DURATION   # $mode"
+      LOADGEN_KEY=$KEY "$LOADGEN" query --url "$URL" --set "$EVAL_SET" --endpoint "$endpoint" \
+        --mode "$kind" --rates "$rates" --duration "$QUERY_DURATION" --label "$mode $endpoint $kind" \
+        --out "$RESULTS/query/$mode.$endpoint.$kind.json" >/dev/null
+    done
+  done
+}
+
+bench_queries_standalone() {
+  local data=$WORK/query-standalone-data out tenant
+  step "standalone: $QUERY_EPISODES stored episodes for search and gate"
+  out=$(target/release/episodic-memory --data-dir "$data" tenant create --name bench-query 2>>"$WORK/standalone.log")
+  tenant=$(echo "$out" | awk '/^tenant_id:/ {print $2}')
+  KEY=$(echo "$out" | awk '/^api_key:/ {print $2}')
+  record "loadgen seed --tenant \$TENANT --count $QUERY_EPISODES --dataset $DATASET --data-dir \$DATA"
+  "$LOADGEN" seed --tenant "$tenant" --count "$QUERY_EPISODES" --dataset "$DATASET" --data-dir "$data" 2>>"$WORK/seed.log"
+  : >"$WORK/standalone.out"
+  target/release/episodic-memory --data-dir "$data" serve --addr 127.0.0.1:0 \
+    >"$WORK/standalone.out" 2>>"$WORK/standalone.log" &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_for 120 "$pid" grep -q 'is running on http://' "$WORK/standalone.out"
+  URL=$(grep -o 'http://[0-9.:]*' "$WORK/standalone.out" | head -n1)
+  query_scenarios standalone
+  stop_pid "$pid"
+}
+
+bench_queries_services() {
+  local prefix
+  prefix="benchq_$(date +%s)_$$"
+  step "services: $QUERY_EPISODES stored episodes in PostgreSQL + fake KyroDB; NATS prefix $prefix"
+  rm -f "$WORK/infra-q.env"
+  "$LOADGEN" infra --env-file "$WORK/infra-q.env" --nats-prefix "$prefix" --nats-url "$NATS_URL" \
+    2>>"$WORK/infra.log" &
+  local infra=$!
+  PIDS+=("$infra")
+  wait_for 60 "$infra" test -f "$WORK/infra-q.env"
+  # shellcheck disable=SC1091
+  source "$WORK/infra-q.env"
+  export EM_GATEWAY__DATABASE__URL=$EM_BENCH_DB_URL EM_GATEWAY__EVENTS__PREFIX=$prefix
+  export EM_GATEWAY__NATS__URL=$NATS_URL EM_GATEWAY__HTTP__ADDR=127.0.0.1:0
+  export EM_EMBEDDER__EVENTS__PREFIX=$prefix EM_EMBEDDER__NATS__URL=$NATS_URL
+  export EM_RETRIEVER__DATABASE__URL=$EM_BENCH_DB_URL EM_RETRIEVER__EVENTS__PREFIX=$prefix
+  export EM_RETRIEVER__NATS__URL=$NATS_URL EM_RETRIEVER__KYRODB__URL=$EM_BENCH_KYRODB_URL
+  local out tenant
+  out=$(target/release/gateway create-tenant --name bench-query 2>>"$WORK/gateway.log")
+  tenant=$(echo "$out" | awk '/^tenant_id:/ {print $2}')
+  KEY=$(echo "$out" | awk '/^api_key:/ {print $2}')
+  record "loadgen seed --tenant \$TENANT --count $QUERY_EPISODES --dataset $DATASET --db-url \$DB --kyrodb-url \$FAKE_KYRODB"
+  "$LOADGEN" seed --tenant "$tenant" --count "$QUERY_EPISODES" --dataset "$DATASET" \
+    --db-url "$EM_BENCH_DB_URL" --kyrodb-url "$EM_BENCH_KYRODB_URL" 2>>"$WORK/seed.log"
+  : >"$WORK/gateway-q.log"
+  target/release/gateway 2>>"$WORK/gateway-q.log" &
+  local gw=$!
+  PIDS+=("$gw")
+  target/release/retriever 2>>"$WORK/retriever.log" &
+  local rt=$!
+  PIDS+=("$rt")
+  start_embedder 0
+  wait_for 60 "$gw" grep -q 'gateway listening' "$WORK/gateway-q.log"
+  URL="http://$(grep 'gateway listening' "$WORK/gateway-q.log" | grep -o '"addr":"[^"]*"' | head -n1 | cut -d'"' -f4)"
+  wait_for 60 "$rt" grep -q 'retriever serving' "$WORK/retriever.log"
+  query_scenarios services
+  stop_pid "$EMBEDDER_PID"
+  stop_pid "$rt"
+  stop_pid "$gw"
+  stop_pid "$infra"
+}
+
 step "building release binaries"
-cargo build --release -p loadgen -p standalone -p gateway -p embedder -p ingest-writer
+cargo build --release -p loadgen -p standalone -p gateway -p embedder -p ingest-writer -p retriever
 if [ "$CRITERION" = 1 ]; then
   cargo bench -p embedder --bench embed --no-run
 fi
 
-for mode in $MODES; do
-  case $mode in
-    standalone) bench_standalone ;;
-    services) bench_services ;;
-    *) echo "error: unknown mode $mode" >&2; exit 1 ;;
-  esac
+for part in $PARTS; do
+  for mode in $MODES; do
+    case $part:$mode in
+      capture:standalone) bench_standalone ;;
+      capture:services) bench_services ;;
+      query:standalone) bench_queries_standalone ;;
+      query:services) bench_queries_services ;;
+      *) echo "error: unknown part:mode $part:$mode" >&2; exit 1 ;;
+    esac
+  done
 done
 
 if [ "$CRITERION" = 1 ]; then

@@ -275,12 +275,14 @@ pub trait Bus: Publisher {
 }
 
 /// Creates or updates the episodes and dead-letter streams and the embedder and
-/// ingest-writer consumers.
+/// ingest-writer consumers (embedded episodes and deletions).
 pub async fn ensure_topology(bus: &dyn Bus, topology: &Topology) -> Result<(), BusError> {
     bus.ensure_stream(&topology.episodes_stream()).await?;
     bus.ensure_stream(&topology.dead_letter_stream()).await?;
     bus.ensure_consumer(&topology.embedder_consumer()).await?;
     bus.ensure_consumer(&topology.ingest_writer_consumer())
+        .await?;
+    bus.ensure_consumer(&topology.ingest_writer_deletions_consumer())
         .await?;
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! <prefix>.v1.episodes.captured.<tenant>   gateway → embedder        EpisodeCaptured
 //! <prefix>.v1.episodes.embedded.<tenant>   embedder → ingest-writer  EpisodeEmbedded
 //! <prefix>.v1.episodes.stored.<tenant>     ingest-writer → anyone    EpisodeStored
+//! <prefix>.v1.episodes.deleted.<tenant>    gateway → ingest-writer   EpisodeDeleted
 //! <prefix>.v1.dlq.<consumer>.<tenant>      poison messages, with the reason in headers
 //! <prefix>.v1.rpc.embed.text               request-reply: query text → embedding
 //! ```
@@ -47,23 +48,34 @@ pub mod headers {
     pub const DLQ_DELIVERIES: &str = "Episodic-Dlq-Deliveries";
 }
 
-/// A pipeline stage that publishes an episode event.
+/// A stage of an episode's life that publishes an episode event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Captured,
     Embedded,
     Stored,
+    /// The tenant deleted the episode (not a pipeline stage: it may come at any time).
+    Deleted,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Captured, Stage::Embedded, Stage::Stored];
+    pub const ALL: [Stage; 4] = [
+        Stage::Captured,
+        Stage::Embedded,
+        Stage::Stored,
+        Stage::Deleted,
+    ];
+
+    /// The stages every captured episode passes through, in order.
+    pub const PIPELINE: [Stage; 3] = [Stage::Captured, Stage::Embedded, Stage::Stored];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Captured => "captured",
             Stage::Embedded => "embedded",
             Stage::Stored => "stored",
+            Stage::Deleted => "deleted",
         }
     }
 
@@ -73,6 +85,7 @@ impl Stage {
             Stage::Captured => "episode.captured",
             Stage::Embedded => "episode.embedded",
             Stage::Stored => "episode.stored",
+            Stage::Deleted => "episode.deleted",
         }
     }
 }
@@ -164,6 +177,8 @@ pub struct Topology {
 pub mod consumers {
     pub const EMBEDDER: &str = "embedder";
     pub const INGEST_WRITER: &str = "ingest-writer";
+    /// The ingest-writer's second consumer: removes deleted episodes' vectors.
+    pub const INGEST_WRITER_DELETIONS: &str = "ingest-writer-deletions";
 }
 
 impl Default for Topology {
@@ -311,6 +326,11 @@ impl Topology {
     /// The ingest-writer consumes embedded episodes.
     pub fn ingest_writer_consumer(&self) -> ConsumerSpec {
         self.pipeline_consumer(consumers::INGEST_WRITER, Stage::Embedded)
+    }
+
+    /// The ingest-writer also consumes deletions (to remove the vectors).
+    pub fn ingest_writer_deletions_consumer(&self) -> ConsumerSpec {
+        self.pipeline_consumer(consumers::INGEST_WRITER_DELETIONS, Stage::Deleted)
     }
 }
 
@@ -492,6 +512,31 @@ impl EpisodeEvent for EpisodeStored {
     }
 }
 
+/// `episode.deleted`: the tenant deleted the episode. It is already gone from the system of
+/// record (a tombstone keeps it from coming back); consumers remove every copy they hold.
+/// Final: an `episode.stored` of the same episode seen after it (possible when the deletion
+/// raced the pipeline) is to be ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpisodeDeleted {
+    pub episode_id: EpisodeId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub deleted_at: OffsetDateTime,
+    /// The episode's vector in the text index.
+    pub text_vector_id: VectorId,
+    /// Its vector in the image index, when it has one (or, deleted while still processing,
+    /// may have one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_vector_id: Option<VectorId>,
+}
+
+impl EpisodeEvent for EpisodeDeleted {
+    const STAGE: Stage = Stage::Deleted;
+    fn episode_id(&self) -> EpisodeId {
+        self.episode_id
+    }
+}
+
 /// Request on `<prefix>.v1.rpc.embed.text`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -606,6 +651,38 @@ mod tests {
         assert!(back.check().is_ok());
         let wrong: Result<Envelope<EpisodeStored>, _> = serde_json::from_slice(&json);
         assert!(wrong.is_err());
+    }
+
+    #[test]
+    fn deleted_event_has_its_own_subject_consumer_and_id() {
+        let t = Topology::default();
+        let tenant = TenantId::new();
+        let episode_id = EpisodeId::new();
+        assert_eq!(
+            t.episode_subject(Stage::Deleted, tenant),
+            format!("episodic.v1.episodes.deleted.{tenant}")
+        );
+        let consumer = t.ingest_writer_deletions_consumer();
+        assert_eq!(consumer.durable_name, "ingest-writer-deletions");
+        assert_eq!(consumer.filter_subject, "episodic.v1.episodes.deleted.*");
+        assert_eq!(consumer.stream, t.episodes_stream().name);
+        let env = Envelope::new(
+            tenant,
+            EpisodeDeleted {
+                episode_id,
+                deleted_at: crate::time_util::now_micros(),
+                text_vector_id: VectorId::for_episode(tenant, episode_id),
+                image_vector_id: None,
+            },
+            crate::time_util::now_micros(),
+        );
+        assert_eq!(env.id, format!("{episode_id}.deleted"));
+        assert_eq!(env.event_type, "episode.deleted");
+        let json = serde_json::to_string(&env).expect("json");
+        assert!(!json.contains("image_vector_id"));
+        let back: Envelope<EpisodeDeleted> = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, env);
+        assert!(back.check().is_ok());
     }
 
     #[test]

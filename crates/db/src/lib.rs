@@ -24,5 +24,9 @@ pub use pool::{Backend, Db};
 pub use repo::InsertOutcome;
 pub use repo::api_keys::{ApiKeyRecord, NewApiKey};
 pub use repo::captures::{CaptureRecord, NewCapture, Reservation};
-pub use repo::episodes::StoredEpisode;
+pub use repo::deletions::{Deletion, Tombstone};
+pub use repo::episodes::{
+    EpisodeCursor, EpisodeFilter, EpisodePage, ListedEpisode, ScreenshotInfo, StoredEpisode,
+};
+pub use repo::feedback::{FeedbackCounts, NewFeedback};
 pub use repo::tenants::Tenant;

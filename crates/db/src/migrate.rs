@@ -18,7 +18,8 @@ const PG_MIGRATION_LOCK: i64 = 0x4550_4953_4f44_4943; // "EPISODIC"
 
 impl Db {
     /// Applies pending migrations and returns the versions it applied (none when the schema is
-    /// current, so calling it again is a no-op).
+    /// current, so calling it again is a no-op), then fills in derived columns of rows written
+    /// before their migration (the episodes' tool and tag keys).
     pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
         let applied = match &self.pools {
             Pools::Postgres(_) => {
@@ -56,6 +57,11 @@ impl Db {
                 ?applied,
                 "applied migrations"
             );
+        }
+        // Data that a migration cannot compute in portable SQL.
+        let filled = self.fill_label_keys().await?;
+        if filled > 0 {
+            tracing::info!(episodes = filled, "filled in tool and tag keys");
         }
         Ok(applied)
     }

@@ -49,8 +49,48 @@ diesel::table! {
         redactions -> Text,
         captured_at -> BigInt,
         stored_at -> BigInt,
+        label_keys -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    deleted_episodes (tenant_id, episode_id) {
+        tenant_id -> Text,
+        episode_id -> Text,
+        text_vector_id -> BigInt,
+        image_vector_id -> Nullable<BigInt>,
+        deleted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    episode_feedback (tenant_id, episode_id) {
+        tenant_id -> Text,
+        episode_id -> Text,
+        helpful_count -> BigInt,
+        unhelpful_count -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    episode_feedback_log (id) {
+        id -> Text,
+        tenant_id -> Text,
+        episode_id -> Text,
+        helpful -> BigInt,
+        note -> Nullable<Text>,
+        created_at -> BigInt,
     }
 }
 
 diesel::joinable!(api_keys -> tenants (tenant_id));
-diesel::allow_tables_to_appear_in_same_query!(tenants, api_keys, captures, episodes);
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    api_keys,
+    captures,
+    episodes,
+    deleted_episodes,
+    episode_feedback,
+    episode_feedback_log,
+);

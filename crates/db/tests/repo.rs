@@ -7,8 +7,8 @@ use common::events::{ImageStatus, RedactionCount};
 use common::time_util::now_micros;
 use common::{Embedding, Episode, EpisodeFields, EpisodeId, TenantId, VectorId};
 use db::{
-    Backend, Db, DbConfig, DbError, InsertOutcome, NewApiKey, NewCapture, Reservation,
-    StoredEpisode,
+    Backend, Db, DbConfig, DbError, Deletion, EpisodeCursor, EpisodeFilter, FeedbackCounts,
+    InsertOutcome, NewApiKey, NewCapture, NewFeedback, Reservation, ScreenshotInfo, StoredEpisode,
 };
 use test_support::db::TestDb;
 
@@ -45,6 +45,10 @@ on_both_backends!(
     embeddings_round_trip_bit_exactly,
     scan_visits_every_row_once,
     concurrent_inserts_succeed,
+    list_pages_newest_first_with_filters,
+    delete_tombstones_once_and_is_tenant_scoped,
+    purge_removes_what_raced_a_deletion,
+    feedback_is_counted_per_tenant_and_dies_with_the_episode,
 );
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR fake but sniffable";
@@ -464,7 +468,12 @@ async fn in_memory_sqlite_works() {
     let db = Db::connect(&DbConfig::new("sqlite::memory:"))
         .await
         .expect("connect");
-    assert_eq!(db.migrate().await.expect("migrate").len(), 1);
+    assert_eq!(
+        db.migrate().await.expect("migrate").len(),
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            .expect("migrations dir")
+            .count()
+    );
     let t = db.create_tenant("mem").await.expect("tenant");
     assert_eq!(db.get_tenant(t.id).await.expect("get"), Some(t));
 }
@@ -489,4 +498,575 @@ async fn two_sqlite_handles_on_one_file_do_not_lock_each_other_out() {
         assert_eq!(r.expect("task").expect("insert"), InsertOutcome::Inserted);
     }
     assert_eq!(other.count_episodes(tenant).await.expect("count"), 100);
+}
+
+// ---- the episode API: listing, deletion, feedback -------------------------------------------
+
+/// A stored episode with chosen labels and capture time.
+fn labelled(
+    tenant: TenantId,
+    seed: u64,
+    captured_at: time::OffsetDateTime,
+    class: &str,
+    tools: &[&str],
+    tags: &[&str],
+) -> StoredEpisode {
+    let mut e = stored(tenant, seed);
+    e.episode = Episode::parse(EpisodeFields {
+        goal: Some(format!("goal {seed}")),
+        error_class: Some(class.to_owned()),
+        tool_chain: tools.iter().map(|t| (*t).to_owned()).collect(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        screenshot: e.episode.screenshot().map(common::Screenshot::to_base64),
+        ..Default::default()
+    })
+    .expect("valid episode");
+    e.captured_at = captured_at;
+    e
+}
+
+/// Every page of a listing, checking that only the last one is short.
+async fn all_pages(
+    db: &Db,
+    tenant: TenantId,
+    filter: &EpisodeFilter,
+    limit: usize,
+) -> Vec<EpisodeId> {
+    let mut ids = Vec::new();
+    let mut after: Option<EpisodeCursor> = None;
+    for _ in 0..100 {
+        let page = db
+            .list_episodes(tenant, filter, after, limit)
+            .await
+            .expect("list");
+        ids.extend(page.episodes.iter().map(|e| e.stored.id));
+        match page.next {
+            Some(next) => {
+                assert_eq!(
+                    page.episodes.len(),
+                    limit,
+                    "only the last page may be short"
+                );
+                after = Some(next);
+            }
+            None => return ids,
+        }
+    }
+    panic!("the listing never ended");
+}
+
+async fn list_pages_newest_first_with_filters(db: &Db) {
+    let tenant = TenantId::new();
+    let other = TenantId::new();
+    let base = now_micros() - time::Duration::hours(1);
+    let mut all = Vec::new();
+    for i in 0..25u64 {
+        // Pairs share a capture time: the id breaks the tie.
+        let at = base + time::Duration::seconds((i / 2) as i64);
+        let class = if i % 5 == 0 {
+            "network_error"
+        } else {
+            "dependency_error"
+        };
+        let tools: &[&str] = if i % 3 == 0 {
+            &["kubectl", "helm"]
+        } else {
+            &["kubectl-extra"]
+        };
+        let tags: &[&str] = if i % 2 == 0 {
+            &["rbac"]
+        } else {
+            &["net", "Rbac2"]
+        };
+        let e = labelled(tenant, i, at, class, tools, tags);
+        db.insert_episode(&e).await.expect("insert");
+        all.push(e);
+    }
+    for i in 0..3u64 {
+        let e = labelled(
+            other,
+            100 + i,
+            base,
+            "network_error",
+            &["kubectl"],
+            &["rbac"],
+        );
+        db.insert_episode(&e).await.expect("insert");
+    }
+    let mut newest_first = all.clone();
+    newest_first.sort_by_key(|e| std::cmp::Reverse((e.captured_at, e.id.to_string())));
+    let expect = |keep: &dyn Fn(&StoredEpisode) -> bool| -> Vec<EpisodeId> {
+        newest_first
+            .iter()
+            .filter(|e| keep(e))
+            .map(|e| e.id)
+            .collect()
+    };
+
+    // No filter, several page sizes (including one that divides the total exactly).
+    let none = EpisodeFilter::default();
+    for limit in [1, 7, 25, 100] {
+        assert_eq!(
+            all_pages(db, tenant, &none, limit).await,
+            expect(&|_| true),
+            "limit {limit}"
+        );
+    }
+    let first = db
+        .list_episodes(tenant, &none, None, 7)
+        .await
+        .expect("list");
+    assert_eq!(first.episodes.len(), 7);
+    assert!(first.next.is_some());
+    let exact = db
+        .list_episodes(tenant, &none, None, 25)
+        .await
+        .expect("list");
+    assert_eq!((exact.episodes.len(), exact.next), (25, None));
+
+    // Each filter, and all of them together, across pages.
+    let tool = EpisodeFilter {
+        tool: Some(" KUBECTL ".into()),
+        ..Default::default()
+    };
+    let with_kubectl = expect(&|e| e.episode.tool_chain().contains(&"kubectl".to_owned()));
+    assert_eq!(with_kubectl.len(), 9);
+    assert_eq!(all_pages(db, tenant, &tool, 2).await, with_kubectl);
+    let tag = EpisodeFilter {
+        tag: Some("rbac".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        all_pages(db, tenant, &tag, 4).await,
+        expect(&|e| e.episode.tags().contains(&"rbac".to_owned()))
+    );
+    let class = EpisodeFilter {
+        error_class: Some(common::ErrorClass::NetworkError),
+        ..Default::default()
+    };
+    assert_eq!(
+        all_pages(db, tenant, &class, 2).await,
+        expect(&|e| e.episode.error_class() == common::ErrorClass::NetworkError)
+    );
+    let after = base + time::Duration::seconds(3);
+    let before = base + time::Duration::seconds(9);
+    let window = EpisodeFilter {
+        created_after: Some(after),
+        created_before: Some(before),
+        ..Default::default()
+    };
+    let in_window = expect(&|e| e.captured_at >= after && e.captured_at < before);
+    assert_eq!(in_window.len(), 12);
+    assert_eq!(all_pages(db, tenant, &window, 5).await, in_window);
+    let combined = EpisodeFilter {
+        tool: Some("kubectl".into()),
+        tag: Some("rbac".into()),
+        created_after: Some(base),
+        ..Default::default()
+    };
+    assert_eq!(
+        all_pages(db, tenant, &combined, 1).await,
+        expect(&|e| {
+            e.episode.tool_chain().contains(&"kubectl".to_owned())
+                && e.episode.tags().contains(&"rbac".to_owned())
+        })
+    );
+    // Membership is exact: no prefixes, no substrings.
+    for value in ["kube", "kubectl-", "rbac2 ", "bac"] {
+        let f = EpisodeFilter {
+            tag: Some(value.into()),
+            tool: None,
+            ..Default::default()
+        };
+        let expected = expect(&|e| e.episode.tags().contains(&value.trim().to_owned()));
+        assert_eq!(
+            all_pages(db, tenant, &f, 10).await,
+            expected,
+            "tag {value:?}"
+        );
+    }
+
+    // Screenshots are described, not read.
+    let page = db
+        .list_episodes(tenant, &none, None, 100)
+        .await
+        .expect("list");
+    for listed in &page.episodes {
+        assert_eq!(listed.stored.episode.screenshot(), None);
+        let original = all
+            .iter()
+            .find(|e| e.id == listed.stored.id)
+            .expect("known");
+        let expected = original.episode.screenshot().map(|s| ScreenshotInfo {
+            format: s.format(),
+            size_bytes: s.bytes().len(),
+        });
+        assert_eq!(listed.screenshot, expected);
+        assert_eq!(
+            listed.stored.text_embedding,
+            read_back(original).text_embedding
+        );
+    }
+
+    // Another tenant sees only its own; a deleted episode is never listed.
+    assert_eq!(all_pages(db, other, &none, 10).await.len(), 3);
+    assert!(matches!(
+        db.delete_episode(tenant, newest_first[3].id).await,
+        Ok(Deletion::Deleted(_))
+    ));
+    let listed = all_pages(db, tenant, &none, 6).await;
+    assert_eq!(listed.len(), 24);
+    assert!(!listed.contains(&newest_first[3].id));
+}
+
+async fn delete_tombstones_once_and_is_tenant_scoped(db: &Db) {
+    let tenant = TenantId::new();
+    let other = TenantId::new();
+    let with_image = stored(tenant, 2);
+    let without_image = stored(tenant, 3);
+    for e in [&with_image, &without_image] {
+        db.insert_episode(e).await.expect("insert");
+    }
+    // Another tenant's id is not found, and nothing changes.
+    assert_eq!(
+        db.delete_episode(other, with_image.id)
+            .await
+            .expect("delete"),
+        Deletion::NotFound
+    );
+    assert!(
+        db.get_episode(tenant, with_image.id)
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert_eq!(
+        db.delete_episode(tenant, EpisodeId::new())
+            .await
+            .expect("delete"),
+        Deletion::NotFound
+    );
+
+    let Deletion::Deleted(tombstone) = db
+        .delete_episode(tenant, with_image.id)
+        .await
+        .expect("delete")
+    else {
+        panic!("expected a deletion");
+    };
+    assert_eq!(tombstone.text_vector_id, with_image.vector_id);
+    assert_eq!(tombstone.image_vector_id, Some(with_image.vector_id));
+    assert_eq!(
+        db.get_episode(tenant, with_image.id).await.expect("get"),
+        None
+    );
+    assert!(
+        db.is_episode_deleted(tenant, with_image.id)
+            .await
+            .expect("check")
+    );
+    assert!(
+        !db.is_episode_deleted(other, with_image.id)
+            .await
+            .expect("check")
+    );
+    assert_eq!(
+        db.get_tombstone(tenant, with_image.id).await.expect("get"),
+        Some(tombstone.clone())
+    );
+    // Again: the same tombstone.
+    assert_eq!(
+        db.delete_episode(tenant, with_image.id)
+            .await
+            .expect("delete"),
+        Deletion::AlreadyDeleted(tombstone)
+    );
+    let Deletion::Deleted(plain) = db
+        .delete_episode(tenant, without_image.id)
+        .await
+        .expect("delete")
+    else {
+        panic!("expected a deletion");
+    };
+    assert_eq!(plain.image_vector_id, None);
+
+    // Still processing (captured, not stored): deleted too, and its image vector (if it
+    // gets one) with it.
+    let processing = EpisodeId::new();
+    db.reserve_capture(&NewCapture {
+        tenant_id: tenant,
+        episode_id: processing,
+        idempotency_key: Some("k".into()),
+        request_hash: "h".into(),
+    })
+    .await
+    .expect("reserve");
+    assert_eq!(
+        db.delete_episode(other, processing).await.expect("delete"),
+        Deletion::NotFound
+    );
+    let Deletion::Deleted(t) = db.delete_episode(tenant, processing).await.expect("delete") else {
+        panic!("expected a deletion");
+    };
+    let vector = VectorId::for_episode(tenant, processing);
+    assert_eq!(
+        (t.text_vector_id, t.image_vector_id),
+        (vector, Some(vector))
+    );
+    // The capture record stays (it binds the Idempotency-Key).
+    assert!(
+        db.get_capture(tenant, processing)
+            .await
+            .expect("get")
+            .is_some()
+    );
+
+    let deleted = db
+        .deleted_episode_ids(tenant, &[with_image.id, processing, EpisodeId::new()])
+        .await
+        .expect("ids");
+    assert_eq!(deleted, HashSet::from([with_image.id, processing]));
+
+    // Concurrent deletes of one episode: exactly one deletes.
+    let racer = stored(tenant, 5);
+    db.insert_episode(&racer).await.expect("insert");
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { db.delete_episode(tenant, racer.id).await })
+        })
+        .collect();
+    let outcomes: Vec<Deletion> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task").expect("delete"))
+        .collect();
+    let firsts = outcomes
+        .iter()
+        .filter(|d| matches!(d, Deletion::Deleted(_)))
+        .count();
+    assert_eq!(firsts, 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|d| !matches!(d, Deletion::NotFound)));
+}
+
+async fn purge_removes_what_raced_a_deletion(db: &Db) {
+    let tenant = TenantId::new();
+    let e = stored(tenant, 4);
+    db.insert_episode(&e).await.expect("insert");
+    // Not deleted: purge changes nothing.
+    assert!(!db.purge_deleted_episode(tenant, e.id).await.expect("purge"));
+    assert!(db.get_episode(tenant, e.id).await.expect("get").is_some());
+
+    db.delete_episode(tenant, e.id).await.expect("delete");
+    // A pipeline redelivery writes the row again (and feedback arrives) while the deletion
+    // commits: the purge removes them.
+    assert_eq!(
+        db.insert_episode(&e).await.expect("insert"),
+        InsertOutcome::Inserted
+    );
+    assert!(db.purge_deleted_episode(tenant, e.id).await.expect("purge"));
+    assert_eq!(db.get_episode(tenant, e.id).await.expect("get"), None);
+    assert!(
+        db.purge_deleted_episode(tenant, e.id)
+            .await
+            .expect("purge again")
+    );
+    assert!(
+        !db.purge_deleted_episode(TenantId::new(), e.id)
+            .await
+            .expect("purge")
+    );
+}
+
+async fn feedback_is_counted_per_tenant_and_dies_with_the_episode(db: &Db) {
+    let tenant = TenantId::new();
+    let other = TenantId::new();
+    let e1 = stored(tenant, 6);
+    let e2 = stored(tenant, 7);
+    for e in [&e1, &e2] {
+        db.insert_episode(e).await.expect("insert");
+    }
+    let helpful = NewFeedback {
+        helpful: true,
+        note: Some("fixed it".into()),
+    };
+    let unhelpful = NewFeedback {
+        helpful: false,
+        note: None,
+    };
+    assert_eq!(
+        db.record_feedback(tenant, e1.id, &helpful)
+            .await
+            .expect("feedback"),
+        Some(FeedbackCounts {
+            helpful: 1,
+            unhelpful: 0
+        })
+    );
+    assert_eq!(
+        db.record_feedback(tenant, e1.id, &unhelpful)
+            .await
+            .expect("feedback"),
+        Some(FeedbackCounts {
+            helpful: 1,
+            unhelpful: 1
+        })
+    );
+    // Concurrent feedback is never lost.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let db = db.clone();
+            let f = NewFeedback {
+                helpful: i % 4 != 0,
+                note: None,
+            };
+            let id = e1.id;
+            tokio::spawn(async move { db.record_feedback(tenant, id, &f).await })
+        })
+        .collect();
+    for t in futures::future::join_all(tasks).await {
+        assert!(t.expect("task").expect("feedback").is_some());
+    }
+    // Another tenant, an unknown id: nothing recorded.
+    assert_eq!(
+        db.record_feedback(other, e1.id, &helpful)
+            .await
+            .expect("feedback"),
+        None
+    );
+    assert_eq!(
+        db.record_feedback(tenant, EpisodeId::new(), &helpful)
+            .await
+            .expect("feedback"),
+        None
+    );
+    let unknown = EpisodeId::new();
+    let counts = db
+        .feedback_counts(tenant, &[e1.id, e2.id, unknown])
+        .await
+        .expect("counts");
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(counts.get(&e1.id), Some(&(16, 6)));
+    assert!(
+        db.feedback_counts(other, &[e1.id])
+            .await
+            .expect("counts")
+            .is_empty()
+    );
+    assert!(
+        db.feedback_counts(tenant, &[])
+            .await
+            .expect("counts")
+            .is_empty()
+    );
+
+    // An episode still processing can get feedback too.
+    let processing = EpisodeId::new();
+    db.reserve_capture(&NewCapture {
+        tenant_id: tenant,
+        episode_id: processing,
+        idempotency_key: None,
+        request_hash: "h".into(),
+    })
+    .await
+    .expect("reserve");
+    assert!(
+        db.record_feedback(tenant, processing, &unhelpful)
+            .await
+            .expect("feedback")
+            .is_some()
+    );
+
+    // Deleting the episode deletes its feedback; no more can be given.
+    db.delete_episode(tenant, e1.id).await.expect("delete");
+    assert!(
+        db.feedback_counts(tenant, &[e1.id])
+            .await
+            .expect("counts")
+            .is_empty()
+    );
+    assert_eq!(
+        db.record_feedback(tenant, e1.id, &helpful)
+            .await
+            .expect("feedback"),
+        None
+    );
+    let counts = db
+        .feedback_counts(tenant, &[e1.id, processing])
+        .await
+        .expect("counts");
+    assert_eq!(
+        counts,
+        std::collections::HashMap::from([(processing, (0, 1))])
+    );
+}
+
+/// Rows stored before the listing's label keys existed are filled in by `migrate`.
+async fn label_keys_are_filled_in_by_migrate(t: &TestDb) {
+    use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
+    let db = &t.db;
+    let tenant = TenantId::new();
+    let at = now_micros();
+    let e = labelled(tenant, 1, at, "unknown", &["terraform"], &["infra"]);
+    db.insert_episode(&e).await.expect("insert");
+    let forget = "UPDATE episodes SET label_keys = NULL";
+    match db.backend() {
+        Backend::Postgres => {
+            let mut conn = diesel_async::AsyncPgConnection::establish(&t.url)
+                .await
+                .expect("connect");
+            conn.batch_execute(forget).await.expect("update");
+        }
+        Backend::Sqlite => {
+            use diesel::Connection as _;
+            use diesel::connection::SimpleConnection as _;
+            let path = t.url.trim_start_matches("sqlite://");
+            let mut conn = diesel::SqliteConnection::establish(path).expect("connect");
+            conn.batch_execute(forget).expect("update");
+        }
+    }
+    let tool = EpisodeFilter {
+        tool: Some("terraform".into()),
+        ..Default::default()
+    };
+    let found = |page: db::EpisodePage| page.episodes.len();
+    assert_eq!(
+        found(
+            db.list_episodes(tenant, &tool, None, 10)
+                .await
+                .expect("list")
+        ),
+        0
+    );
+    db.migrate().await.expect("migrate");
+    assert_eq!(
+        found(
+            db.list_episodes(tenant, &tool, None, 10)
+                .await
+                .expect("list")
+        ),
+        1
+    );
+    let tag = EpisodeFilter {
+        tag: Some("infra".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        found(
+            db.list_episodes(tenant, &tag, None, 10)
+                .await
+                .expect("list")
+        ),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_keys_are_filled_in_by_migrate_postgres() {
+    label_keys_are_filled_in_by_migrate(&TestDb::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_keys_are_filled_in_by_migrate_sqlite() {
+    label_keys_are_filled_in_by_migrate(&TestDb::sqlite().await).await;
 }

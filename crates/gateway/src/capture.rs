@@ -4,7 +4,8 @@
 //! Order of operations (each step is safe to repeat):
 //! 1. redact every free-text field (nothing unredacted leaves this module);
 //! 2. reserve the capture in the customer DB — with an `Idempotency-Key`, a retry finds the
-//!    earlier reservation and reuses its episode id (a different body is refused);
+//!    earlier reservation and reuses its episode id (a different body is refused, and so is
+//!    a retry of an episode deleted since: it is not captured again);
 //! 3. publish `episode.captured` with `Nats-Msg-Id = <episode>.captured` and wait for the
 //!    PubAck — a re-publish of the same episode is de-duplicated by JetStream, and every
 //!    downstream handler is idempotent, so a retried request stores nothing twice;
@@ -112,6 +113,9 @@ impl CaptureService {
             } => {
                 if earlier != request_hash {
                     return Err(ApiError::IdempotencyMismatch);
+                }
+                if self.db.is_episode_deleted(tenant, episode_id).await? {
+                    return Err(ApiError::EpisodeDeleted(episode_id));
                 }
                 (episode_id, true)
             }

@@ -43,6 +43,11 @@ pub enum ApiError {
     /// An `Idempotency-Key` was reused with a different request body.
     #[error("Idempotency-Key was already used with a different request body")]
     IdempotencyMismatch,
+    /// An `Idempotency-Key` was reused for an episode that has since been deleted.
+    #[error(
+        "the episode captured with this Idempotency-Key ({0}) was deleted; send a new key to capture it again"
+    )]
+    EpisodeDeleted(common::EpisodeId),
     /// A dependency (NATS, the database) is unreachable; retry later.
     #[error("service temporarily unavailable: {0}")]
     Unavailable(String),
@@ -69,6 +74,7 @@ impl ApiError {
             ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::NotFound(_) => "not_found",
             ApiError::IdempotencyMismatch => "idempotency_key_mismatch",
+            ApiError::EpisodeDeleted(_) => "episode_deleted",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::Timeout(_) => "upstream_timeout",
             ApiError::Internal(_) => "internal_error",
@@ -102,6 +108,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::EpisodeDeleted(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod capture;
 pub mod error;
+pub mod lifecycle;
 pub mod retriever;
 pub mod routes;
 
@@ -100,6 +101,8 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     pub auth: Authenticator,
     pub capture: CaptureService,
+    /// Deletion and feedback.
+    pub lifecycle: lifecycle::Lifecycle,
     pub retriever: retriever::RetrieverClient,
     pub body_limit: usize,
 }
@@ -123,7 +126,8 @@ impl Gateway {
         let publisher: Arc<dyn bus::Publisher> = deps.bus.clone();
         let state = web::Data::new(AppState {
             auth: Authenticator::new(deps.db.clone(), auth.cache_ttl),
-            capture: CaptureService::new(deps.db.clone(), publisher, deps.topology.clone()),
+            capture: CaptureService::new(deps.db.clone(), publisher.clone(), deps.topology.clone()),
+            lifecycle: lifecycle::Lifecycle::new(deps.db.clone(), publisher, deps.topology.clone()),
             retriever: retriever::RetrieverClient::new(
                 deps.bus.clone(),
                 deps.topology.clone(),
@@ -174,7 +178,13 @@ impl Gateway {
                         .route("/capture", web::post().to(routes::capture::capture))
                         .route("/search", web::post().to(routes::query::search))
                         .route("/reflect", web::post().to(routes::query::reflect))
-                        .route("/episodes/{id}", web::get().to(routes::episodes::get)),
+                        .route("/episodes", web::get().to(routes::episodes::list))
+                        .route("/episodes/{id}", web::get().to(routes::episodes::get))
+                        .route("/episodes/{id}", web::delete().to(routes::episodes::delete))
+                        .route(
+                            "/episodes/{id}/feedback",
+                            web::post().to(routes::feedback::feedback),
+                        ),
                 )
                 .default_service(web::to(not_found))
         })

@@ -490,3 +490,793 @@ async fn many_concurrent_captures_from_one_key_verify_argon2_once() {
     assert_eq!(ids.len(), 100, "every capture is a distinct episode");
     h.stop().await;
 }
+
+// ---- the episode API: list, delete, feedback, over both stacks ----------------------------
+
+mod episode_api {
+    use std::any::Any;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bus::{Bus, EmbeddedBus, EmbeddedBusConfig, NatsBus, NatsConfig, OutboundMessage};
+    use common::events::{
+        Envelope, EpisodeDeleted, EpisodeEmbedded, ImageStatus, ModelEmbedding, Stage, Topology,
+    };
+    use common::vector::{VectorSpace, VectorStore};
+    use common::{Embedding, Episode, EpisodeFields, EpisodeId, TenantId, VectorId};
+    use db::Db;
+    use embedded_index::EmbeddedIndex;
+    use gateway::{AuthSettings, Gateway, GatewayDeps, HttpSettings};
+    use ingest_writer::IngestDeps;
+    use kyrodb_client::{KyroDbConfig, KyroDbStore};
+    use reqwest::StatusCode;
+    use secrecy::ExposeSecret as _;
+    use serde_json::{Value, json};
+    use test_support::db::TestDb;
+    use test_support::kyrodb_fake::{self, FakeKyroDbOptions};
+    use test_support::nats::TestTopology;
+    use time::OffsetDateTime;
+    use tokio_util::sync::CancellationToken;
+
+    /// How the services are composed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        /// Separate services: PostgreSQL, NATS JetStream, KyroDB (the fake, over gRPC).
+        Services,
+        /// The standalone composition: SQLite, the embedded bus, the embedded indexes.
+        Standalone,
+    }
+
+    /// The gateway and the ingest-writer (the embedder is played by the test, which
+    /// publishes `episode.embedded` events), with two tenants.
+    struct Stack {
+        mode: Mode,
+        base: String,
+        http: reqwest::Client,
+        a: (TenantId, String),
+        b: (TenantId, String),
+        db: Db,
+        bus: Arc<dyn Bus>,
+        topology: Topology,
+        text: Arc<dyn VectorStore>,
+        image: Arc<dyn VectorStore>,
+        shutdown: CancellationToken,
+        /// Servers, files and databases that live as long as the stack.
+        _keep: Vec<Box<dyn Any + Send>>,
+    }
+
+    /// The stores and the bus of a [`Mode`].
+    type Parts = (
+        TestDb,
+        Arc<dyn Bus>,
+        Topology,
+        Arc<dyn VectorStore>,
+        Arc<dyn VectorStore>,
+    );
+
+    impl Stack {
+        async fn start(mode: Mode) -> Stack {
+            let mut keep: Vec<Box<dyn Any + Send>> = Vec::new();
+            let (test_db, bus, topology, text, image): Parts = match mode {
+                Mode::Services => {
+                    let test_topology = TestTopology::new();
+                    let topology = test_topology.topology.clone();
+                    keep.push(Box::new(test_topology));
+                    let bus = NatsBus::connect(NatsConfig {
+                        url: test_support::nats::nats_url(),
+                        ..NatsConfig::default()
+                    })
+                    .await
+                    .expect("nats");
+                    let text_fake = kyrodb_fake::spawn(FakeKyroDbOptions::with_dimension(384))
+                        .await
+                        .expect("fake KyroDB");
+                    let image_fake = kyrodb_fake::spawn(FakeKyroDbOptions::with_dimension(512))
+                        .await
+                        .expect("fake KyroDB");
+                    let text = KyroDbStore::connect(KyroDbConfig::new(
+                        text_fake.url(),
+                        VectorSpace::Text,
+                        384,
+                    ))
+                    .await
+                    .expect("text store");
+                    let image = KyroDbStore::connect(KyroDbConfig::new(
+                        image_fake.url(),
+                        VectorSpace::Image,
+                        512,
+                    ))
+                    .await
+                    .expect("image store");
+                    keep.push(Box::new(text_fake));
+                    keep.push(Box::new(image_fake));
+                    (
+                        TestDb::postgres().await,
+                        Arc::new(bus),
+                        topology,
+                        Arc::new(text),
+                        Arc::new(image),
+                    )
+                }
+                Mode::Standalone => {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let bus =
+                        EmbeddedBus::open(dir.path().join("bus.db"), EmbeddedBusConfig::default())
+                            .await
+                            .expect("embedded bus");
+                    let open = |name: &str, dim: usize| {
+                        let path = dir.path().join("index").join(name);
+                        tokio::task::spawn_blocking(move || EmbeddedIndex::open(path, dim))
+                    };
+                    let text = open("text", 384).await.expect("task").expect("index");
+                    let image = open("image", 512).await.expect("task").expect("index");
+                    keep.push(Box::new(dir));
+                    (
+                        TestDb::sqlite().await,
+                        Arc::new(bus),
+                        Topology::new("tsa").expect("prefix"),
+                        Arc::new(text),
+                        Arc::new(image),
+                    )
+                }
+            };
+            bus::ensure_topology(bus.as_ref(), &topology)
+                .await
+                .expect("topology");
+            let db = test_db.db.clone();
+            let a = gateway::admin::create_tenant(&db, "a")
+                .await
+                .expect("tenant");
+            let b = gateway::admin::create_tenant(&db, "b")
+                .await
+                .expect("tenant");
+            let gateway = Gateway::build(
+                &HttpSettings {
+                    addr: "127.0.0.1:0".into(),
+                    workers: Some(2),
+                    ..HttpSettings::default()
+                },
+                &AuthSettings::default(),
+                GatewayDeps {
+                    db: db.clone(),
+                    bus: bus.clone(),
+                    topology: topology.clone(),
+                },
+            )
+            .expect("gateway");
+            let base = format!("http://{}", gateway.local_addr());
+            let shutdown = CancellationToken::new();
+            tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+            tokio::spawn(ingest_writer::run(
+                IngestDeps {
+                    db: db.clone(),
+                    bus: bus.clone(),
+                    topology: topology.clone(),
+                    text_store: text.clone(),
+                    image_store: Some(image.clone()),
+                },
+                shutdown.clone(),
+            ));
+            keep.push(Box::new(test_db));
+            Stack {
+                mode,
+                base,
+                http: reqwest::Client::new(),
+                a: (a.tenant_id, a.api_key.expose_secret().to_owned()),
+                b: (b.tenant_id, b.api_key.expose_secret().to_owned()),
+                db,
+                bus,
+                topology,
+                text,
+                image,
+                shutdown,
+                _keep: keep,
+            }
+        }
+
+        async fn send(
+            &self,
+            method: reqwest::Method,
+            key: &str,
+            path: &str,
+            body: Option<Value>,
+        ) -> (StatusCode, Value) {
+            let mut req = self
+                .http
+                .request(method, format!("{}{path}", self.base))
+                .header("X-API-Key", key);
+            if let Some(body) = body {
+                req = req
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string());
+            }
+            let res = req.send().await.expect("request");
+            let status = res.status();
+            let text = res.text().await.expect("body");
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+
+        async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
+            self.send(reqwest::Method::GET, key, path, None).await
+        }
+
+        async fn delete(&self, key: &str, id: impl std::fmt::Display) -> (StatusCode, Value) {
+            self.send(
+                reqwest::Method::DELETE,
+                key,
+                &format!("/api/v1/episodes/{id}"),
+                None,
+            )
+            .await
+        }
+
+        async fn feedback(
+            &self,
+            key: &str,
+            id: impl std::fmt::Display,
+            body: Value,
+        ) -> (StatusCode, Value) {
+            self.send(
+                reqwest::Method::POST,
+                key,
+                &format!("/api/v1/episodes/{id}/feedback"),
+                Some(body),
+            )
+            .await
+        }
+
+        /// Plays the embedder: publishes `episode.embedded` for an episode.
+        async fn embed(&self, tenant: TenantId, spec: &Spec) -> EpisodeId {
+            let id = spec.id.unwrap_or_default();
+            let episode = Episode::parse(EpisodeFields {
+                goal: Some(format!("goal {}", spec.seed)),
+                error_class: Some(spec.class.to_owned()),
+                tool_chain: spec.tools.iter().map(|t| (*t).to_owned()).collect(),
+                tags: spec.tags.iter().map(|t| (*t).to_owned()).collect(),
+                ..Default::default()
+            })
+            .expect("episode");
+            let unit = |dim: usize| {
+                let v = (0..dim)
+                    .map(|i| ((i as f32) * (spec.seed as f32 + 1.0)).sin() + 1.5)
+                    .collect();
+                Embedding::new(v).expect("embedding")
+            };
+            let env = Envelope::new(
+                tenant,
+                EpisodeEmbedded {
+                    episode_id: id,
+                    vector_id: VectorId::for_episode(tenant, id),
+                    captured_at: spec.captured_at,
+                    episode,
+                    text: ModelEmbedding {
+                        model: "all-MiniLM-L6-v2".into(),
+                        vector: unit(384),
+                    },
+                    image_status: if spec.image {
+                        ImageStatus::Embedded
+                    } else {
+                        ImageStatus::None
+                    },
+                    image: spec.image.then(|| ModelEmbedding {
+                        model: "clip".into(),
+                        vector: unit(512),
+                    }),
+                    redactions: vec![],
+                },
+                common::time_util::now_micros(),
+            );
+            let message = OutboundMessage::episode_event(&self.topology, &env).expect("encode");
+            self.bus.publish(message).await.expect("publish");
+            id
+        }
+
+        /// Publishes the episodes and waits until the writer stored all of them.
+        async fn store(&self, tenant: TenantId, specs: &[Spec]) -> Vec<EpisodeId> {
+            let mut ids = Vec::new();
+            for spec in specs {
+                ids.push(self.embed(tenant, spec).await);
+            }
+            for id in &ids {
+                eventually("episode stored", || async {
+                    self.db
+                        .get_episode(tenant, *id)
+                        .await
+                        .expect("get")
+                        .is_some()
+                })
+                .await;
+            }
+            ids
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What to publish for one episode.
+    #[derive(Clone)]
+    struct Spec {
+        id: Option<EpisodeId>,
+        seed: u64,
+        captured_at: OffsetDateTime,
+        class: &'static str,
+        tools: &'static [&'static str],
+        tags: &'static [&'static str],
+        image: bool,
+    }
+
+    fn spec(seed: u64, captured_at: OffsetDateTime) -> Spec {
+        Spec {
+            id: None,
+            seed,
+            captured_at,
+            class: "dependency_error",
+            tools: &["cargo"],
+            tags: &[],
+            image: false,
+        }
+    }
+
+    async fn eventually<F, Fut>(what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !check().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn ids_of(page: &Value) -> Vec<String> {
+        page["episodes"]
+            .as_array()
+            .expect("episodes")
+            .iter()
+            .map(|e| e["episode_id"].as_str().expect("id").to_owned())
+            .collect()
+    }
+
+    /// Every page of `GET /api/v1/episodes?<query>`, checking that only the last is short.
+    async fn pages(stack: &Stack, key: &str, query: &str, limit: usize) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/episodes?limit={limit}");
+            if !query.is_empty() {
+                path.push('&');
+                path.push_str(query);
+            }
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, page) = stack.get(key, &path).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {page}");
+            let ids = ids_of(&page);
+            all.extend(ids.iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => {
+                    assert_eq!(ids.len(), limit, "a short page with a cursor: {path}");
+                    cursor = Some(next.to_owned());
+                }
+                None => {
+                    assert!(page["next_cursor"].is_null(), "{page}");
+                    return all;
+                }
+            }
+        }
+    }
+
+    fn rfc3339(t: OffsetDateTime) -> String {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .expect("format")
+            .replace('+', "%2B")
+    }
+
+    async fn list_pages_filters_and_is_tenant_scoped(mode: Mode) {
+        let s = Stack::start(mode).await;
+        let base = common::time_util::now_micros() - time::Duration::hours(2);
+        let classes = ["network_error", "permission_error", "dependency_error"];
+        let specs: Vec<Spec> = (0..12u64)
+            .map(|i| Spec {
+                // Pairs share a capture time; the id breaks the tie.
+                captured_at: base + time::Duration::minutes((i / 2) as i64),
+                class: classes[(i % 3) as usize],
+                tools: if i % 2 == 0 {
+                    &["kubectl", "helm"]
+                } else {
+                    &["kubectl-x"]
+                },
+                tags: if i % 4 == 0 { &["rbac"] } else { &["net"] },
+                image: i == 0,
+                ..spec(i, base)
+            })
+            .collect();
+        let ids = s.store(s.a.0, &specs).await;
+        s.store(s.b.0, &[spec(99, base), spec(98, base)]).await;
+        let mut expected: Vec<(OffsetDateTime, String, usize)> = specs
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .map(|(i, (sp, id))| (sp.captured_at, id.to_string(), i))
+            .collect();
+        expected.sort_by(|x, y| (y.0, &y.1).cmp(&(x.0, &x.1)));
+        let order = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+            expected
+                .iter()
+                .filter(|(_, _, i)| keep(*i))
+                .map(|(_, id, _)| id.clone())
+                .collect()
+        };
+        let key = s.a.1.clone();
+
+        // Newest first across pages; the default page size is 20.
+        assert_eq!(pages(&s, &key, "", 5).await, order(&|_| true));
+        let (status, first) = s.get(&key, "/api/v1/episodes").await;
+        assert_eq!(status, StatusCode::OK, "{first}");
+        assert_eq!(ids_of(&first), order(&|_| true));
+        assert!(first["next_cursor"].is_null());
+
+        // Filters, across pages.
+        assert_eq!(
+            pages(&s, &key, "tool=kubectl", 2).await,
+            order(&|i| i % 2 == 0)
+        );
+        assert_eq!(
+            pages(&s, &key, "tool=kubectl&tag=rbac", 1).await,
+            order(&|i| i % 4 == 0)
+        );
+        assert_eq!(
+            pages(&s, &key, "error_class=network_error", 3).await,
+            order(&|i| i % 3 == 0)
+        );
+        let window = format!(
+            "created_after={}&created_before={}",
+            rfc3339(base + time::Duration::minutes(1)),
+            rfc3339(base + time::Duration::minutes(4))
+        );
+        assert_eq!(
+            pages(&s, &key, &window, 4).await,
+            order(&|i| (2..8).contains(&i))
+        );
+
+        // An item is exactly what GET /episodes/{id} returns (the screenshot described, not
+        // sent).
+        let (_, page) = s.get(&key, "/api/v1/episodes?limit=100").await;
+        for item in page["episodes"].as_array().expect("episodes") {
+            let id = item["episode_id"].as_str().expect("id");
+            let (status, single) = s.get(&key, &format!("/api/v1/episodes/{id}")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(item, &single);
+        }
+
+        // Tenant B sees only its own two.
+        assert_eq!(pages(&s, &s.b.1, "", 10).await.len(), 2);
+        s.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_pages_filters_and_is_tenant_scoped_services() {
+        list_pages_filters_and_is_tenant_scoped(Mode::Services).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_pages_filters_and_is_tenant_scoped_standalone() {
+        list_pages_filters_and_is_tenant_scoped(Mode::Standalone).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_rejects_bad_parameters_naming_them() {
+        let s = Stack::start(Mode::Standalone).await;
+        let key = s.a.1.clone();
+        for (query, field) in [
+            ("sort=asc", "sort"),
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("limit=many", "limit"),
+            ("cursor=not-a-cursor", "cursor"),
+            ("error_class=segfault", "error_class"),
+            ("tool=", "tool"),
+            ("tag=a&tag=b", "tag"),
+            ("created_after=yesterday", "created_after"),
+            ("created_before=2026-01-01", "created_before"),
+            (
+                "created_after=2026-01-02T00:00:00Z&created_before=2026-01-01T00:00:00Z",
+                "created_before",
+            ),
+        ] {
+            let (status, body) = s.get(&key, &format!("/api/v1/episodes?{query}")).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+            assert_eq!(body["error"]["code"], "validation_failed", "{query}");
+            assert_eq!(body["error"]["field"], field, "{query}: {body}");
+            assert_eq!(body["error"]["details"][0]["field"], field, "{query}");
+        }
+        // Authentication comes first.
+        let (status, body) = s.get("nope", "/api/v1/episodes?sort=asc").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        s.stop().await;
+    }
+
+    async fn delete_removes_the_episode_everywhere(mode: Mode) {
+        let s = Stack::start(mode).await;
+        let (a, key_a) = s.a.clone();
+        let key_b = s.b.1.clone();
+        let now = common::time_util::now_micros();
+        let ids = s
+            .store(
+                a,
+                &[
+                    Spec {
+                        image: true,
+                        ..spec(1, now)
+                    },
+                    spec(2, now),
+                ],
+            )
+            .await;
+        let (gone, kept) = (ids[0], ids[1]);
+        let vector = VectorId::for_episode(a, gone);
+        assert!(s.text.get(a, vector).await.expect("get").is_some());
+        assert!(s.image.get(a, vector).await.expect("get").is_some());
+        s.feedback(&key_a, gone, json!({"helpful": true})).await;
+
+        // Tenant B can neither see nor delete nor rate it.
+        assert_eq!(s.delete(&key_b, gone).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            s.get(&key_b, &format!("/api/v1/episodes/{gone}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (status, body) = s.feedback(&key_b, gone, json!({"helpful": false})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["code"], "not_found");
+        assert!(s.db.get_episode(a, gone).await.expect("get").is_some());
+
+        // A deletes it: 204, gone from the system of record at once and from both vector
+        // stores shortly after; twice is fine.
+        let (status, body) = s.delete(&key_a, gone).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        let (status, body) = s.get(&key_a, &format!("/api/v1/episodes/{gone}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["code"], "not_found");
+        assert!(!pages(&s, &key_a, "", 10).await.contains(&gone.to_string()));
+        eventually("vectors deleted", || async {
+            s.text.get(a, vector).await.expect("get").is_none()
+                && s.image.get(a, vector).await.expect("get").is_none()
+        })
+        .await;
+        assert_eq!(s.delete(&key_a, gone).await.0, StatusCode::NO_CONTENT);
+        assert!(
+            s.db.feedback_counts(a, &[gone])
+                .await
+                .expect("counts")
+                .is_empty()
+        );
+        let (status, _) = s.feedback(&key_a, gone, json!({"helpful": true})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        // The other episode is untouched.
+        assert!(
+            s.text
+                .get(a, VectorId::for_episode(a, kept))
+                .await
+                .expect("get")
+                .is_some()
+        );
+        assert_eq!(
+            s.get(&key_a, &format!("/api/v1/episodes/{kept}")).await.0,
+            StatusCode::OK
+        );
+
+        // Unknown and malformed ids.
+        let (status, body) = s.delete(&key_a, EpisodeId::new()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"]["code"], "not_found");
+        let (status, body) = s.delete(&key_a, "not-a-uuid").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["field"], "id");
+
+        // The deletion was announced once (the repeat was de-duplicated).
+        if s.mode == Mode::Services {
+            let js = async_nats::jetstream::new(
+                async_nats::connect(test_support::nats::nats_url())
+                    .await
+                    .expect("nats"),
+            );
+            let stream = js
+                .get_stream(s.topology.episodes_stream().name)
+                .await
+                .expect("stream");
+            let subject = s.topology.episode_subject(Stage::Deleted, a);
+            let message = stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .expect("deleted event");
+            let event: Envelope<EpisodeDeleted> =
+                serde_json::from_slice(&message.payload).expect("event");
+            assert_eq!(event.id, format!("{gone}.deleted"));
+            assert_eq!(event.event_type, "episode.deleted");
+            assert_eq!(event.tenant_id, a);
+            assert_eq!(event.data.episode_id, gone);
+            assert_eq!(event.data.text_vector_id, vector);
+            assert_eq!(event.data.image_vector_id, Some(vector));
+            use futures::StreamExt as _;
+            let counts: Vec<(String, usize)> = stream
+                .info_with_subjects(&subject)
+                .await
+                .expect("info")
+                .map(|r| r.expect("subject count"))
+                .collect()
+                .await;
+            assert_eq!(counts, vec![(subject.clone(), 1)]);
+        }
+        s.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_removes_the_episode_everywhere_services() {
+        delete_removes_the_episode_everywhere(Mode::Services).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_removes_the_episode_everywhere_standalone() {
+        delete_removes_the_episode_everywhere(Mode::Standalone).await;
+    }
+
+    async fn delete_while_processing_stores_nothing(mode: Mode) {
+        let s = Stack::start(mode).await;
+        let (a, key) = s.a.clone();
+        let capture = json!({"goal": "deploy", "error_class": "network_error"});
+        let post = |idempotency: &'static str| {
+            s.http
+                .post(format!("{}/api/v1/capture", s.base))
+                .header("X-API-Key", &key)
+                .header("Content-Type", "application/json")
+                .header("Idempotency-Key", idempotency)
+                .body(capture.to_string())
+                .send()
+        };
+        let res = post("only-once").await.expect("capture");
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let body: Value = res.json().await.expect("json");
+        let id: EpisodeId = body["episode_id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("uuid");
+        let (status, body) = s.get(&key, &format!("/api/v1/episodes/{id}")).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::OK, &json!("processing"))
+        );
+
+        // Deleted before the embedder is done with it.
+        assert_eq!(s.delete(&key, id).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(
+            s.get(&key, &format!("/api/v1/episodes/{id}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        // The embedder finishes; then another episode goes through, so we know the writer
+        // got past the deleted one.
+        let now = common::time_util::now_micros();
+        s.embed(
+            a,
+            &Spec {
+                id: Some(id),
+                image: true,
+                ..spec(7, now)
+            },
+        )
+        .await;
+        s.store(a, &[spec(8, now)]).await;
+        assert_eq!(s.db.get_episode(a, id).await.expect("get"), None);
+        assert_eq!(s.db.count_episodes(a).await.expect("count"), 1);
+        let vector = VectorId::for_episode(a, id);
+        assert!(s.text.get(a, vector).await.expect("get").is_none());
+        assert!(s.image.get(a, vector).await.expect("get").is_none());
+
+        // A retry of the capture does not bring it back.
+        let res = post("only-once").await.expect("capture");
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "episode_deleted", "{body}");
+        assert_eq!(
+            s.get(&key, &format!("/api/v1/episodes/{id}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_while_processing_stores_nothing_services() {
+        delete_while_processing_stores_nothing(Mode::Services).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_while_processing_stores_nothing_standalone() {
+        delete_while_processing_stores_nothing(Mode::Standalone).await;
+    }
+
+    async fn feedback_is_counted(mode: Mode) {
+        let s = Stack::start(mode).await;
+        let (a, key) = s.a.clone();
+        let id = s
+            .store(a, &[spec(1, common::time_util::now_micros())])
+            .await[0];
+        let (status, body) = s
+            .feedback(
+                &key,
+                id,
+                json!({"helpful": true, "note": "worked; ask j.avery@fastmail.com"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            json!({"episode_id": id.to_string(), "helpful_count": 1, "unhelpful_count": 0})
+        );
+        s.feedback(&key, id, json!({"helpful": true})).await;
+        let (status, body) = s
+            .feedback(&key, id, json!({"helpful": false, "note": null}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            (&body["helpful_count"], &body["unhelpful_count"]),
+            (&json!(2), &json!(1))
+        );
+        assert_eq!(
+            s.db.feedback_counts(a, &[id])
+                .await
+                .expect("counts")
+                .get(&id),
+            Some(&(2, 1))
+        );
+
+        // Strict body, naming the field.
+        let long = "n".repeat(1001);
+        for (body, field) in [
+            (json!({}), "helpful"),
+            (json!({"helpful": "yes"}), "helpful"),
+            (json!({"helpful": true, "stars": 5}), "stars"),
+            (json!({"helpful": true, "note": long}), "note"),
+            (json!({"helpful": true, "note": 7}), "note"),
+        ] {
+            let (status, reply) = s.feedback(&key, id, body.clone()).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {reply}");
+            assert_eq!(reply["error"]["field"], field, "{body}: {reply}");
+        }
+        let (status, _) = s
+            .feedback(&key, EpisodeId::new(), json!({"helpful": true}))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, reply) = s.feedback(&key, "x", json!({"helpful": true})).await;
+        assert_eq!(
+            (status, &reply["error"]["field"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("id"))
+        );
+        // Nothing of the rejected requests was counted.
+        assert_eq!(
+            s.db.feedback_counts(a, &[id])
+                .await
+                .expect("counts")
+                .get(&id),
+            Some(&(2, 1))
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feedback_is_counted_services() {
+        feedback_is_counted(Mode::Services).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feedback_is_counted_standalone() {
+        feedback_is_counted(Mode::Standalone).await;
+    }
+}

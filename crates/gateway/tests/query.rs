@@ -70,7 +70,11 @@ impl Harness {
         }
     }
 
-    async fn post(&self, path: &str, body: &Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let res = self
             .http
             .post(format!("{}{path}", self.base))
@@ -99,17 +103,45 @@ async fn bad_search_and_gate_input_is_422_naming_the_field() {
         ("/api/v1/search", json!({"query": "   "}), "query"),
         ("/api/v1/search", json!({}), "query"),
         ("/api/v1/search", json!({"query": long}), "query"),
-        ("/api/v1/search", json!({"query": "a", "filters": {"colour": "red"}}), "colour"),
-        ("/api/v1/search", json!({"query": "a", "min_similarity": 2}), "min_similarity"),
-        ("/api/v1/search", json!({"query": "a", "filters": {"error_class": "bogus"}}), "filters.error_class"),
-        ("/api/v1/search", json!({"query": "a", "surprise": 1}), "surprise"),
+        (
+            "/api/v1/search",
+            json!({"query": "a", "filters": {"colour": "red"}}),
+            "colour",
+        ),
+        (
+            "/api/v1/search",
+            json!({"query": "a", "min_similarity": 2}),
+            "min_similarity",
+        ),
+        (
+            "/api/v1/search",
+            json!({"query": "a", "filters": {"error_class": "bogus"}}),
+            "filters.error_class",
+        ),
+        (
+            "/api/v1/search",
+            json!({"query": "a", "surprise": 1}),
+            "surprise",
+        ),
         ("/api/v1/reflect", json!({"goal": "g"}), "proposed_action"),
-        ("/api/v1/reflect", json!({"proposed_action": "x".repeat(5000)}), "proposed_action"),
-        ("/api/v1/reflect", json!({"proposed_action": "ls", "context": "c".repeat(9000)}), "context"),
+        (
+            "/api/v1/reflect",
+            json!({"proposed_action": "x".repeat(5000)}),
+            "proposed_action",
+        ),
+        (
+            "/api/v1/reflect",
+            json!({"proposed_action": "ls", "context": "c".repeat(9000)}),
+            "context",
+        ),
     ];
     for (path, body, expected) in cases {
         let (status, _, reply) = h.post(path, &body).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path} {body}: {reply}");
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {reply}"
+        );
         assert_eq!(reply["error"]["code"], "validation_failed");
         assert!(
             field(&reply).ends_with(expected),
@@ -134,14 +166,20 @@ async fn no_retriever_is_503_with_retry_after() {
     let started = Instant::now();
     for (path, body) in [
         ("/api/v1/search", json!({"query": "helm upgrade failed"})),
-        ("/api/v1/reflect", json!({"proposed_action": "helm upgrade api ./chart"})),
+        (
+            "/api/v1/reflect",
+            json!({"proposed_action": "helm upgrade api ./chart"}),
+        ),
     ] {
         let (status, headers, reply) = h.post(path, &body).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
         assert_eq!(reply["error"]["code"], "service_unavailable");
         assert!(headers.contains_key("retry-after"));
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "answered at once, not at the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once, not at the deadline"
+    );
     h.shutdown.cancel();
 }
 
@@ -180,11 +218,17 @@ async fn slow_retriever_is_504_at_the_deadline_and_fast_one_answers() {
         .await
         .expect("serve");
     let started = Instant::now();
-    let (status, headers, reply) = h.post("/api/v1/search", &json!({"query": "crash loop"})).await;
+    let (status, headers, reply) = h
+        .post("/api/v1/search", &json!({"query": "crash loop"}))
+        .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
     assert_eq!(reply["error"]["code"], "upstream_timeout");
     assert!(headers.contains_key("retry-after"));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     stop.cancel();
 
     // A responder within the deadline: 200 with the results shape.
@@ -200,7 +244,9 @@ async fn slow_retriever_is_504_at_the_deadline_and_fast_one_answers() {
         )
         .await
         .expect("serve");
-    let (status, _, reply) = h2.post("/api/v1/search", &json!({"query": "crash loop"})).await;
+    let (status, _, reply) = h2
+        .post("/api/v1/search", &json!({"query": "crash loop"}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["results"], json!([]));
     fast.cancel();

@@ -7,18 +7,28 @@
 //! The vector is written before the episode row, so "the episode is readable" implies
 //! "the episode is searchable". The system of record keeps the vectors too, so the index
 //! can always be rebuilt from it ([`reindex`]).
+//!
+//! A second consumer handles `episode.deleted` ([`DeletionHandler`]): it removes the
+//! episode's vectors. An episode deleted while still in the pipeline has a tombstone in the
+//! system of record; the embedded-episode handler checks it before writing anything (and
+//! again after writing the row, in case the deletion committed in between) and then cleans
+//! up instead of storing, so a deleted episode never comes back.
 
+pub mod deletion;
 pub mod reindex;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bus::{BatchHandler, Bus, Incoming, OutboundMessage, Outcome};
 use common::events::{Envelope, EpisodeEmbedded, EpisodeStored, Topology};
 use common::vector::{VectorRecord, VectorStore, VectorStoreError, episode_metadata};
+use common::{EpisodeId, TenantId};
 use db::{Db, StoredEpisode};
 use tokio_util::sync::CancellationToken;
 
+pub use deletion::DeletionHandler;
 pub use reindex::{ReindexReport, reindex};
 
 /// Everything the ingest-writer binary reads (`EM_INGEST_WRITER__<SECTION>__<KEY>`).
@@ -64,19 +74,44 @@ impl IngestHandler {
     }
 }
 
-/// Runs the writer's consume loop until `shutdown`.
+/// Runs the writer's two consume loops — embedded episodes (`ingest-writer`) and deletions
+/// (`ingest-writer-deletions`) — until `shutdown`; if one fails, both stop.
 pub async fn run(deps: IngestDeps, shutdown: CancellationToken) -> Result<(), bus::BusError> {
-    let spec = deps.topology.ingest_writer_consumer();
     let topology = deps.topology.clone();
     let bus = deps.bus.clone();
-    bus::run_consumer(
-        bus,
-        &topology,
-        &spec,
-        Arc::new(IngestHandler::new(deps)),
-        shutdown,
-    )
-    .await
+    let stop = shutdown.child_token();
+    let stored_spec = topology.ingest_writer_consumer();
+    let deleted_spec = topology.ingest_writer_deletions_consumer();
+    let stored = async {
+        let r = bus::run_consumer(
+            bus.clone(),
+            &topology,
+            &stored_spec,
+            Arc::new(IngestHandler::new(deps.clone())),
+            stop.clone(),
+        )
+        .await;
+        if r.is_err() {
+            stop.cancel();
+        }
+        r
+    };
+    let deleted = async {
+        let r = bus::run_consumer(
+            bus.clone(),
+            &topology,
+            &deleted_spec,
+            Arc::new(DeletionHandler::new(deps.clone())),
+            stop.clone(),
+        )
+        .await;
+        if r.is_err() {
+            stop.cancel();
+        }
+        r
+    };
+    let (stored, deleted) = tokio::join!(Box::pin(stored), Box::pin(deleted));
+    stored.and(deleted)
 }
 
 fn to_outcome(e: &VectorStoreError) -> Outcome {
@@ -122,14 +157,21 @@ impl BatchHandler for IngestHandler {
 
     async fn handle(&self, batch: Vec<Incoming<Self::Event>>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+        for (slot, incoming) in batch.iter().enumerate() {
+            if let Err(reason) = incoming.event.check() {
+                outcomes[slot] = Some(Outcome::Reject(reason));
+            }
+        }
+        // Episodes deleted before they were stored: clean up, store nothing.
+        self.skip_deleted(&batch, &mut outcomes).await;
+
         let mut text_records = Vec::new();
         let mut image_records = Vec::new();
         for (slot, incoming) in batch.iter().enumerate() {
-            let env = &incoming.event;
-            if let Err(reason) = env.check() {
-                outcomes[slot] = Some(Outcome::Reject(reason));
+            if outcomes[slot].is_some() {
                 continue;
             }
+            let env = &incoming.event;
             let data = &env.data;
             let metadata = episode_metadata(&data.episode, data.captured_at);
             text_records.push((
@@ -184,6 +226,55 @@ impl BatchHandler for IngestHandler {
 }
 
 impl IngestHandler {
+    /// Settles the messages of episodes that have a tombstone: removes whatever an earlier
+    /// delivery may have written (the row, the vectors) and acks. One query per tenant.
+    async fn skip_deleted(
+        &self,
+        batch: &[Incoming<Envelope<EpisodeEmbedded>>],
+        outcomes: &mut [Option<Outcome>],
+    ) {
+        let mut by_tenant: HashMap<TenantId, Vec<EpisodeId>> = HashMap::new();
+        for (slot, incoming) in batch.iter().enumerate() {
+            if outcomes[slot].is_none() {
+                let env = &incoming.event;
+                by_tenant
+                    .entry(env.tenant_id)
+                    .or_default()
+                    .push(env.data.episode_id);
+            }
+        }
+        for (tenant, ids) in by_tenant {
+            let in_tenant =
+                |slot: &usize| outcomes[*slot].is_none() && batch[*slot].event.tenant_id == tenant;
+            let slots: Vec<usize> = (0..batch.len()).filter(in_tenant).collect();
+            match self.deps.db.deleted_episode_ids(tenant, &ids).await {
+                Ok(deleted) => {
+                    for slot in slots {
+                        let data = &batch[slot].event.data;
+                        if deleted.contains(&data.episode_id) {
+                            tracing::info!(episode_id = %data.episode_id, "episode was deleted; not storing it");
+                            outcomes[slot] = Some(
+                                deletion::discard(
+                                    &self.deps,
+                                    tenant,
+                                    data.episode_id,
+                                    data.vector_id,
+                                )
+                                .await,
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    let outcome = deletion::db_outcome("check tombstones", &e);
+                    for slot in slots {
+                        outcomes[slot] = Some(outcome.clone());
+                    }
+                }
+            }
+        }
+    }
+
     async fn store_one(
         &self,
         env: &Envelope<EpisodeEmbedded>,
@@ -210,6 +301,29 @@ impl IngestHandler {
             } else {
                 Outcome::Reject(format!("database: {e}"))
             };
+        }
+        // The deletion may have committed between the check before the vector upsert and
+        // the insert: look again now that the row is committed. (If it commits after this
+        // look, the deletion consumer, which runs after that commit, removes the row and
+        // the vectors.)
+        match self
+            .deps
+            .db
+            .is_episode_deleted(env.tenant_id, data.episode_id)
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(episode_id = %data.episode_id, "episode was deleted while being stored; removing it");
+                return deletion::discard(
+                    &self.deps,
+                    env.tenant_id,
+                    data.episode_id,
+                    data.vector_id,
+                )
+                .await;
+            }
+            Err(e) => return deletion::db_outcome("check tombstone", &e),
         }
         let event = Envelope::new(
             env.tenant_id,

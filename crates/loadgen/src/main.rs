@@ -10,6 +10,10 @@
 //!   fresh PostgreSQL database and the fake KyroDB (test-support, real gRPC over a real
 //!   socket); on SIGTERM it drops the database and deletes the run's NATS streams.
 //! * `loadgen model` measures the text model alone on the texts the embedder really embeds.
+//! * `loadgen seed` fills a tenant with 10,000 stored episodes (real embeddings of the dev
+//!   set's episodes, with noise) straight into the system of record and the vector store;
+//!   `loadgen query` offers open-loop search or gate load at a list of rates, with every
+//!   request distinct (no cache help) or repeated.
 //! * `loadgen report` renders docs/BENCHMARKS.md from a results directory.
 
 mod dataset;
@@ -17,7 +21,9 @@ mod infra;
 mod load;
 mod model;
 mod procstat;
+mod query;
 mod report;
+mod seed;
 mod stats;
 mod stored;
 
@@ -41,6 +47,10 @@ enum Command {
     Infra(infra::InfraArgs),
     /// Raw text-model throughput on the dev set's composed episode texts.
     Model(model::ModelArgs),
+    /// Open-loop search or gate load at a list of rates; writes a JSON summary.
+    Query(query::QueryArgs),
+    /// Fill a tenant with stored episodes (system of record + vector store) for `query`.
+    Seed(seed::SeedArgs),
     /// Render docs/BENCHMARKS.md from a results directory.
     Report(report::ReportArgs),
 }
@@ -51,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Capture(args) => load::run(args).await,
         Command::Infra(args) => infra::run(args).await,
         Command::Model(args) => tokio::task::spawn_blocking(move || model::run(&args)).await?,
+        Command::Query(args) => query::run(args).await,
+        Command::Seed(args) => seed::run(args).await,
         Command::Report(args) => report::run(&args),
     }
 }

@@ -69,6 +69,9 @@ pub struct Engine {
     embed_timeout: Duration,
     embeddings: Cache<String, Embedding>,
     episodes: Cache<(TenantId, EpisodeId), Arc<CachedEpisode>>,
+    /// Recent answers by (tenant, request as JSON); `None` when `result_ttl` is zero.
+    searches: Option<Cache<(TenantId, String), Arc<SearchResults>>>,
+    gates: Option<Cache<(TenantId, String), Arc<GateDecision>>>,
 }
 
 /// The text embedded for a gate request: what the agent wants, what it is about to run,
@@ -166,7 +169,33 @@ impl Engine {
                 .time_to_live(cache.query_embedding_ttl)
                 .build(),
             episodes: Cache::builder().max_capacity(cache.episodes).build(),
+            searches: (!cache.result_ttl.is_zero()).then(|| {
+                Cache::builder()
+                    .max_capacity(cache.results)
+                    .time_to_live(cache.result_ttl)
+                    .build()
+            }),
+            gates: (!cache.result_ttl.is_zero()).then(|| {
+                Cache::builder()
+                    .max_capacity(cache.results)
+                    .time_to_live(cache.result_ttl)
+                    .build()
+            }),
         }
+    }
+
+    /// A cached answer, if every episode it returns still exists (one indexed query).
+    async fn still_valid<'a>(
+        &self,
+        tenant: TenantId,
+        ids: impl Iterator<Item = &'a EpisodeId>,
+    ) -> Result<bool, RetrieveError> {
+        let ids: Vec<EpisodeId> = ids.copied().collect();
+        if ids.is_empty() {
+            return Ok(true);
+        }
+        let existing = self.deps.db.existing_episode_ids(tenant, &ids).await?;
+        Ok(existing.len() == ids.len())
     }
 
     /// The query's embedding, from the cache or the embedder (concurrent misses for the
@@ -285,8 +314,7 @@ impl Engine {
             .candidates(tenant, embedding.clone(), wanted, filters)
             .await?;
         let ids: Vec<EpisodeId> = cands.iter().map(|c| c.1).collect();
-        let feedback: HashMap<EpisodeId, (u64, u64)> = HashMap::new(); // FEEDBACK_PENDING
-        let _ = &ids;
+        let feedback = self.deps.db.feedback_counts(tenant, &ids).await?;
         let now = OffsetDateTime::now_utc();
         let input: Vec<Candidate<'_>> = cands
             .iter()
@@ -327,7 +355,23 @@ impl Engine {
         &self,
         tenant: TenantId,
         req: &SearchRequest,
-    ) -> Result<SearchResults, RetrieveError> {
+    ) -> Result<Arc<SearchResults>, RetrieveError> {
+        let key = self.searches.as_ref().and_then(|cache| {
+            serde_json::to_string(req)
+                .ok()
+                .map(|json| (cache, (tenant, json)))
+        });
+        if let Some((cache, key)) = &key
+            && let Some(hit) = cache.get(key).await
+        {
+            if self
+                .still_valid(tenant, hit.results.iter().map(|h| &h.episode_id))
+                .await?
+            {
+                return Ok(hit);
+            }
+            cache.invalidate(key).await;
+        }
         let (candidates, results) = self
             .ranked_hits(
                 tenant,
@@ -338,13 +382,45 @@ impl Engine {
                 req.min_similarity,
             )
             .await?;
-        Ok(SearchResults {
+        let answer = Arc::new(SearchResults {
             results,
             candidates,
-        })
+        });
+        if let Some((cache, key)) = key {
+            cache.insert(key, answer.clone()).await;
+        }
+        Ok(answer)
     }
 
     pub async fn reflect(
+        &self,
+        tenant: TenantId,
+        req: &GateRequest,
+    ) -> Result<Arc<GateDecision>, RetrieveError> {
+        let key = self.gates.as_ref().and_then(|cache| {
+            serde_json::to_string(req)
+                .ok()
+                .map(|json| (cache, (tenant, json)))
+        });
+        if let Some((cache, key)) = &key
+            && let Some(hit) = cache.get(key).await
+        {
+            if self
+                .still_valid(tenant, hit.matched_episodes.iter().map(|h| &h.episode_id))
+                .await?
+            {
+                return Ok(hit);
+            }
+            cache.invalidate(key).await;
+        }
+        let decision = Arc::new(self.decide(tenant, req).await?);
+        if let Some((cache, key)) = key {
+            cache.insert(key, decision.clone()).await;
+        }
+        Ok(decision)
+    }
+
+    async fn decide(
         &self,
         tenant: TenantId,
         req: &GateRequest,

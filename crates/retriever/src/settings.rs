@@ -22,6 +22,13 @@ pub struct CacheSettings {
     /// Deadline of one query-embedding request to the embedder.
     #[serde(with = "humantime_serde")]
     pub embed_timeout: Duration,
+    /// How long an identical search or gate request is answered from the result cache (0s:
+    /// never). Deleted episodes are re-checked on every hit, so only new episodes and new
+    /// feedback can take this long to show.
+    #[serde(with = "humantime_serde")]
+    pub result_ttl: Duration,
+    /// Cached results (entries).
+    pub results: u64,
 }
 
 impl Default for CacheSettings {
@@ -31,6 +38,8 @@ impl Default for CacheSettings {
             query_embedding_ttl: Duration::from_secs(3600),
             episodes: 50_000,
             embed_timeout: Duration::from_secs(2),
+            result_ttl: Duration::from_secs(10),
+            results: 10_000,
         }
     }
 }

@@ -2,7 +2,9 @@
 
 pub(crate) mod api_keys;
 pub(crate) mod captures;
+pub(crate) mod deletions;
 pub(crate) mod episodes;
+pub(crate) mod feedback;
 pub(crate) mod tenants;
 
 use std::str::FromStr;

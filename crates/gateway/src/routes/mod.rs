@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod episodes;
+pub mod feedback;
 pub mod health;
 pub mod query;
 
