@@ -360,6 +360,19 @@ fn report(
         cli.set.display()
     );
     let _ = writeln!(md, "```text\n{line}\n```\n");
+    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+    let _ = writeln!(
+        md,
+        "| target (issue 3) | value | |\n|---|---:|---|\n| recall@5 ≥ 0.92 | {recall:.3} | {} |\n| MRR@10 ≥ 0.90 | {mrr:.3} | {} |\n| gate accuracy ≥ 0.85 | {:.3} | {} |\n| false block ≤ 0.03 | {:.3} | {} |\n| missed block ≤ 0.05 | {:.3} | {} |\n\nThe reference point of the set's README, a plain TF-IDF ranker, scores recall@5 0.80 and MRR@10 0.83. Why the gate falls short, and what would close the gap: [RETRIEVAL.md](RETRIEVAL.md#the-gate-reflect).\n",
+        verdict(recall >= 0.92),
+        verdict(mrr >= 0.90),
+        confusion.accuracy(),
+        verdict(confusion.accuracy() >= 0.85),
+        confusion.false_block(),
+        verdict(confusion.false_block() <= 0.03),
+        confusion.missed_block(),
+        verdict(confusion.missed_block() <= 0.05),
+    );
     let _ = writeln!(md, "## Search\n");
     let _ = writeln!(
         md,
