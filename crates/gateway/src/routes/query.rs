@@ -22,7 +22,7 @@ pub async fn search(
     let fields: SearchFields = parse_json(&body)?;
     let request = SearchRequest::parse(fields).map_err(ApiError::Validation)?;
     let results = state.retriever.search(tenant, request).await?;
-    Ok(HttpResponse::Ok().json(results))
+    Ok(json_body(results))
 }
 
 pub async fn reflect(
@@ -36,5 +36,11 @@ pub async fn reflect(
     let fields: GateFields = parse_json(&body)?;
     let request = GateRequest::parse(fields).map_err(ApiError::Validation)?;
     let decision = state.retriever.reflect(tenant, request).await?;
-    Ok(HttpResponse::Ok().json(decision))
+    Ok(json_body(decision))
+}
+
+fn json_body(raw: Box<serde_json::value::RawValue>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(String::from(Box::<str>::from(raw)))
 }
