@@ -375,15 +375,20 @@ impl Db {
         }
         let tenant = tenant.to_string();
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        // By primary key only: with `tenant_id = ?` in the WHERE clause SQLite prefers the
+        // (tenant_id, captured_at, id) index and scans the whole tenant. The tenant is
+        // checked on the rows instead.
         let rows = with_conn!(self, |conn| {
             episodes::table
-                .filter(episodes::tenant_id.eq(&tenant))
                 .filter(episodes::id.eq_any(&ids))
                 .select(EpisodeRow::as_select())
                 .load(conn)
                 .await
         })?;
-        rows.into_iter().map(EpisodeRow::into_domain).collect()
+        rows.into_iter()
+            .filter(|r| r.tenant_id == tenant)
+            .map(EpisodeRow::into_domain)
+            .collect()
     }
 
     /// Which of `ids` are the tenant's stored (and not deleted) episodes. One indexed query.
@@ -397,15 +402,19 @@ impl Db {
         }
         let tenant = tenant.to_string();
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        let found: Vec<String> = with_conn!(self, |conn| {
+        // By primary key only (see `get_episodes`); the tenant is checked per row.
+        let found: Vec<(String, String)> = with_conn!(self, |conn| {
             episodes::table
-                .filter(episodes::tenant_id.eq(&tenant))
                 .filter(episodes::id.eq_any(&ids))
-                .select(episodes::id)
+                .select((episodes::id, episodes::tenant_id))
                 .load(conn)
                 .await
         })?;
-        found.iter().map(|id| parse_col(TABLE, "id", id)).collect()
+        found
+            .iter()
+            .filter(|(_, t)| *t == tenant)
+            .map(|(id, _)| parse_col(TABLE, "id", id))
+            .collect()
     }
 
     pub async fn count_episodes(&self, tenant: TenantId) -> Result<i64, DbError> {
