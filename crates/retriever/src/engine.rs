@@ -52,6 +52,9 @@ struct CachedEpisode {
     doc: Doc,
 }
 
+/// Recent answers by (tenant, request as JSON).
+type ResultCache<T> = Cache<(TenantId, String), Arc<T>>;
+
 /// Everything the retriever needs from the outside world.
 #[derive(Clone)]
 pub struct RetrieverDeps {
@@ -70,8 +73,8 @@ pub struct Engine {
     embeddings: Cache<String, Embedding>,
     episodes: Cache<(TenantId, EpisodeId), Arc<CachedEpisode>>,
     /// Recent answers by (tenant, request as JSON); `None` when `result_ttl` is zero.
-    searches: Option<Cache<(TenantId, String), Arc<SearchResults>>>,
-    gates: Option<Cache<(TenantId, String), Arc<GateDecision>>>,
+    searches: Option<ResultCache<SearchResults>>,
+    gates: Option<ResultCache<GateDecision>>,
 }
 
 /// The text embedded for a gate request: what the agent wants, what it is about to run,
@@ -351,12 +354,22 @@ impl Engine {
         Ok((found, hits))
     }
 
-    pub async fn search(
+    /// Answers from `cache` when the same request was answered within `result_ttl` and
+    /// every episode the answer returns still exists; otherwise computes and caches.
+    async fn cached<Req, T, Fut>(
         &self,
+        cache: Option<&ResultCache<T>>,
         tenant: TenantId,
-        req: &SearchRequest,
-    ) -> Result<Arc<SearchResults>, RetrieveError> {
-        let key = self.searches.as_ref().and_then(|cache| {
+        req: &Req,
+        returned: fn(&T) -> Vec<EpisodeId>,
+        compute: Fut,
+    ) -> Result<Arc<T>, RetrieveError>
+    where
+        Req: serde::Serialize,
+        T: Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, RetrieveError>>,
+    {
+        let key = cache.and_then(|cache| {
             serde_json::to_string(req)
                 .ok()
                 .map(|json| (cache, (tenant, json)))
@@ -364,32 +377,42 @@ impl Engine {
         if let Some((cache, key)) = &key
             && let Some(hit) = cache.get(key).await
         {
-            if self
-                .still_valid(tenant, hit.results.iter().map(|h| &h.episode_id))
-                .await?
-            {
+            if self.still_valid(tenant, returned(&hit).iter()).await? {
                 return Ok(hit);
             }
             cache.invalidate(key).await;
         }
-        let (candidates, results) = self
-            .ranked_hits(
-                tenant,
-                &req.text,
-                req.k,
-                &req.filters,
-                &req.context,
-                req.min_similarity,
-            )
-            .await?;
-        let answer = Arc::new(SearchResults {
-            results,
-            candidates,
-        });
+        let answer = Arc::new(compute.await?);
         if let Some((cache, key)) = key {
             cache.insert(key, answer.clone()).await;
         }
         Ok(answer)
+    }
+
+    pub async fn search(
+        &self,
+        tenant: TenantId,
+        req: &SearchRequest,
+    ) -> Result<Arc<SearchResults>, RetrieveError> {
+        let compute = async {
+            let (candidates, results) = self
+                .ranked_hits(
+                    tenant,
+                    &req.text,
+                    req.k,
+                    &req.filters,
+                    &req.context,
+                    req.min_similarity,
+                )
+                .await?;
+            Ok(SearchResults {
+                results,
+                candidates,
+            })
+        };
+        let returned = |r: &SearchResults| r.results.iter().map(|h| h.episode_id).collect();
+        self.cached(self.searches.as_ref(), tenant, req, returned, compute)
+            .await
     }
 
     pub async fn reflect(
@@ -397,27 +420,15 @@ impl Engine {
         tenant: TenantId,
         req: &GateRequest,
     ) -> Result<Arc<GateDecision>, RetrieveError> {
-        let key = self.gates.as_ref().and_then(|cache| {
-            serde_json::to_string(req)
-                .ok()
-                .map(|json| (cache, (tenant, json)))
-        });
-        if let Some((cache, key)) = &key
-            && let Some(hit) = cache.get(key).await
-        {
-            if self
-                .still_valid(tenant, hit.matched_episodes.iter().map(|h| &h.episode_id))
-                .await?
-            {
-                return Ok(hit);
-            }
-            cache.invalidate(key).await;
-        }
-        let decision = Arc::new(self.decide(tenant, req).await?);
-        if let Some((cache, key)) = key {
-            cache.insert(key, decision.clone()).await;
-        }
-        Ok(decision)
+        let returned = |d: &GateDecision| d.matched_episodes.iter().map(|h| h.episode_id).collect();
+        self.cached(
+            self.gates.as_ref(),
+            tenant,
+            req,
+            returned,
+            self.decide(tenant, req),
+        )
+        .await
     }
 
     async fn decide(
