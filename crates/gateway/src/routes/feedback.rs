@@ -8,7 +8,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::lifecycle::NOTE_MAX_CHARS;
 use crate::routes::episodes::episode_id;
-use crate::routes::{parse_json, read_body, require_json, tenant};
+use crate::routes::{read_json, tenant};
 
 /// Largest feedback body (a 1,000-character note is at most 4,000 bytes of UTF-8, or
 /// 6,000 as JSON escapes).
@@ -80,9 +80,7 @@ pub async fn feedback(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req, &state).await?;
     let id = episode_id(&path)?;
-    require_json(&req)?;
-    let body = read_body(&req, payload, BODY_LIMIT).await?;
-    let feedback = Feedback::parse(parse_json(&body)?)?;
+    let feedback = Feedback::parse(read_json(&req, payload, BODY_LIMIT).await?)?;
     let counts = state
         .lifecycle
         .feedback(tenant, id, feedback.helpful, feedback.note.as_deref())
@@ -97,6 +95,7 @@ pub async fn feedback(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::parse_json;
 
     fn field(body: &str) -> Option<String> {
         match parse_json::<FeedbackFields>(body.as_bytes()).and_then(Feedback::parse) {

@@ -78,6 +78,18 @@ pub async fn read_body(
     Ok(body.freeze())
 }
 
+/// A JSON request body: the content type checked, at most `limit` bytes read, then parsed
+/// strictly ([`parse_json`]).
+pub async fn read_json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    require_json(req)?;
+    let body = read_body(req, payload, limit).await?;
+    parse_json(&body)
+}
+
 /// Strict JSON parsing that names the offending field: syntax errors (including invalid
 /// UTF-8) are 400 `invalid_json`; wrong types, unknown fields and bad values are 422
 /// `validation_failed`.

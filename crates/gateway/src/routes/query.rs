@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use common::query::{GateFields, GateRequest, SearchFields, SearchRequest};
 
-use super::{parse_json, read_body, require_json, tenant};
+use super::{read_json, tenant};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -17,9 +17,7 @@ pub async fn search(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req, &state).await?;
-    require_json(&req)?;
-    let body = read_body(&req, payload, QUERY_BODY_LIMIT).await?;
-    let fields: SearchFields = parse_json(&body)?;
+    let fields: SearchFields = read_json(&req, payload, QUERY_BODY_LIMIT).await?;
     let request = SearchRequest::parse(fields).map_err(ApiError::Validation)?;
     let results = state.retriever.search(tenant, request).await?;
     Ok(json_body(results))
@@ -31,9 +29,7 @@ pub async fn reflect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req, &state).await?;
-    require_json(&req)?;
-    let body = read_body(&req, payload, QUERY_BODY_LIMIT).await?;
-    let fields: GateFields = parse_json(&body)?;
+    let fields: GateFields = read_json(&req, payload, QUERY_BODY_LIMIT).await?;
     let request = GateRequest::parse(fields).map_err(ApiError::Validation)?;
     let decision = state.retriever.reflect(tenant, request).await?;
     Ok(json_body(decision))
