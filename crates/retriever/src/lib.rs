@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod gate;
+pub mod lesson;
 pub mod lexical;
 pub mod preconditions;
 pub mod rank;
