@@ -1,16 +1,22 @@
 //! Text embedding throughput (texts/s) for batch sizes 1, 8, 32 with ~30-token
-//! texts, for 1 and 2 intra-op threads.
+//! texts, for 1 and 2 intra-op threads; and 32 concurrent single-text query requests,
+//! each its own model call (as before query batching) or through the `QueryBatcher`.
 //!
 //! Needs `make model`. Run: `cargo bench -p embedder --bench embed`
-//! (`EM_BENCH_THREADS=1` to measure one thread count only).
+//! (`EM_BENCH_THREADS=1` to measure one thread count only; `-- query_batch` for the
+//! query-batching case only).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use embedder::batch::QueryBatcher;
 use embedder::model::{TextModel, TextModelConfig};
+use embedder::{Models, QueryBatchSettings};
+use futures::future::join_all;
 
 fn path_from(var: &str, default: &str) -> PathBuf {
     let p = std::env::var_os(var)
@@ -81,5 +87,59 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// 32 concurrent single-text requests on one session with every core (the embedder's
+/// defaults): one model call each, queued on the session (what the responder did before
+/// query batching), against the `QueryBatcher`.
+fn query_batch(c: &mut Criterion) {
+    let model = Arc::new(
+        TextModel::load(&TextModelConfig {
+            model_dir: path_from("EM_MODEL_DIR", ".cache/models/all-MiniLM-L6-v2"),
+            ort_dylib: Some(path_from(
+                "ORT_DYLIB_PATH",
+                ".cache/onnxruntime/lib/libonnxruntime.so",
+            )),
+            intra_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_tokens: 256,
+            sessions: 1,
+        })
+        .unwrap(),
+    );
+    let models = Models {
+        text: Arc::clone(&model),
+        image: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let batcher =
+        runtime.block_on(async { QueryBatcher::start(model, &QueryBatchSettings::default()) });
+    let queries = texts(32);
+    let mut group = c.benchmark_group("query_batch");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(queries.len() as u64));
+    group.bench_function("32_concurrent_unbatched", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let calls = queries.iter().map(|q| models.embed_texts(vec![q.clone()]));
+                for r in join_all(calls).await {
+                    black_box(r.unwrap());
+                }
+            });
+        });
+    });
+    group.bench_function("32_concurrent_batched", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let calls = queries.iter().map(|q| batcher.embed(vec![q.clone()]));
+                for r in join_all(calls).await {
+                    black_box(r.unwrap());
+                }
+            });
+        });
+    });
+    group.finish();
+    println!("query batcher: {:?}", batcher.stats());
+}
+
+criterion_group!(benches, bench, query_batch);
 criterion_main!(benches);

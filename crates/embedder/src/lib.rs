@@ -4,8 +4,10 @@
 //!
 //! - [`model`]: inference (ORT sessions, tokenizer, image preprocessing);
 //! - [`compose`]: the text an episode is embedded as;
-//! - [`service`]: the `episode.captured` consumer and the query-embedding responder.
+//! - [`service`]: the `episode.captured` consumer and the query-embedding responder;
+//! - [`batch`]: micro-batching of concurrent query embeddings for the responder.
 
+pub mod batch;
 pub mod compose;
 pub mod model;
 pub mod service;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use batch::QueryBatchSettings;
 pub use service::{EmbedderDeps, Models, TEXT_MODEL_NAME, run};
 
 use crate::model::{ImageModel, ImageModelConfig, ModelError, TextModel, TextModelConfig};
@@ -24,6 +27,8 @@ use crate::model::{ImageModel, ImageModelConfig, ModelError, TextModel, TextMode
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub model: ModelSettings,
+    /// Micro-batching of query embeddings (docs/EMBEDDING.md).
+    pub query_batch: QueryBatchSettings,
     pub nats: bus::NatsConfig,
     pub events: common::events::TopologySettings,
 }

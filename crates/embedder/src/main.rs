@@ -33,6 +33,6 @@ async fn main() -> anyhow::Result<()> {
         topology,
         models,
     };
-    embedder::run(deps, common::shutdown::on_signal()).await?;
+    embedder::run(deps, &settings.query_batch, common::shutdown::on_signal()).await?;
     Ok(())
 }

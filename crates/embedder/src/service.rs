@@ -1,7 +1,8 @@
 //! The embedder service: consumes `episode.captured` in batches, embeds each episode's text
 //! (and screenshot, when an image model is configured) on the blocking pool, publishes
 //! `episode.embedded`, then acks. It also answers query-embedding requests over
-//! request-reply (`<prefix>.v1.rpc.embed.text`) for the retriever.
+//! request-reply (`<prefix>.v1.rpc.embed.text`) for the retriever, micro-batched by
+//! [`QueryBatcher`].
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use common::events::{
 use common::{Embedding, IMAGE_DIM, TEXT_DIM};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{BatchError, QueryBatchSettings, QueryBatcher};
 use crate::compose::episode_text;
 use crate::model::{ImageModel, ModelError, TextModel};
 
@@ -186,14 +188,24 @@ impl CapturedHandler {
     }
 }
 
-/// Answers `EmbedTextRequest`s.
+/// Answers `EmbedTextRequest`s through a [`QueryBatcher`], so concurrent queries share
+/// model calls.
 pub struct EmbedTextResponder {
-    models: Models,
+    batcher: QueryBatcher,
 }
 
 impl EmbedTextResponder {
-    pub fn new(models: Models) -> Self {
-        Self { models }
+    /// Starts the query batcher's workers (one per text-model session); call inside a
+    /// tokio runtime.
+    pub fn new(models: &Models, settings: &QueryBatchSettings) -> Self {
+        Self {
+            batcher: QueryBatcher::start(Arc::clone(&models.text), settings),
+        }
+    }
+
+    /// The batcher (its queue length and counters).
+    pub fn batcher(&self) -> &QueryBatcher {
+        &self.batcher
     }
 
     async fn reply(&self, payload: &[u8]) -> EmbedTextReply {
@@ -221,16 +233,25 @@ impl EmbedTextResponder {
                 EmbedTextRequest::MAX_BYTES
             ));
         }
-        match self.models.embed_texts(request.texts).await {
+        match self.batcher.embed(request.texts).await {
             Ok(embeddings) => EmbedTextReply::Ok {
                 model: TEXT_MODEL_NAME.to_owned(),
                 dimension: TEXT_DIM,
                 embeddings,
             },
-            Err(e) => EmbedTextReply::Error {
-                code: "unavailable".to_owned(),
-                message: e.to_string(),
-            },
+            Err(e) => {
+                // Every failure is transient for the caller: retry later (or elsewhere).
+                let code = match &e {
+                    BatchError::Overloaded { .. }
+                    | BatchError::Shed { .. }
+                    | BatchError::Stopped
+                    | BatchError::Embed(_) => "unavailable",
+                };
+                EmbedTextReply::Error {
+                    code: code.to_owned(),
+                    message: e.to_string(),
+                }
+            }
         }
     }
 }
@@ -247,14 +268,19 @@ impl RequestHandler for EmbedTextResponder {
     }
 }
 
-/// Runs the consumer and the request-reply responder until `shutdown`.
-pub async fn run(deps: EmbedderDeps, shutdown: CancellationToken) -> Result<(), bus::BusError> {
+/// Runs the consumer and the request-reply responder (batching queries with
+/// `query_batch`) until `shutdown`.
+pub async fn run(
+    deps: EmbedderDeps,
+    query_batch: &QueryBatchSettings,
+    shutdown: CancellationToken,
+) -> Result<(), bus::BusError> {
     let responder = deps
         .bus
         .serve(
             &deps.topology.embed_text_subject(),
             &deps.topology.embed_queue_group(),
-            Arc::new(EmbedTextResponder::new(deps.models.clone())),
+            Arc::new(EmbedTextResponder::new(&deps.models, query_batch)),
             shutdown.clone(),
         )
         .await?;

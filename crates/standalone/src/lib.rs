@@ -23,7 +23,7 @@ use common::vector::VectorStore;
 use common::{IMAGE_DIM, TEXT_DIM};
 use db::{Db, DbConfig};
 use embedded_index::EmbeddedIndex;
-use embedder::{EmbedderDeps, ModelSettings, Models};
+use embedder::{EmbedderDeps, ModelSettings, Models, QueryBatchSettings};
 use gateway::{AuthSettings, Gateway, GatewayDeps, HttpSettings};
 use ingest_writer::IngestDeps;
 use retriever::{RetrievalSettings, RetrieverDeps};
@@ -39,6 +39,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub model: ModelSettings,
+    /// Micro-batching of query embeddings (docs/EMBEDDING.md).
+    pub query_batch: QueryBatchSettings,
     pub events: TopologySettings,
     /// Search and gate tuning (ranking weights, gate thresholds, caches).
     pub retrieval: RetrievalSettings,
@@ -54,6 +56,7 @@ impl Default for Settings {
             },
             auth: AuthSettings::default(),
             model: ModelSettings::default(),
+            query_batch: QueryBatchSettings::default(),
             events: TopologySettings::default(),
             retrieval: RetrievalSettings::default(),
         }
@@ -104,6 +107,7 @@ async fn open_index(dir: PathBuf, dim: usize) -> Result<EmbeddedIndex, StartErro
 pub struct Standalone {
     gateway: Gateway,
     embedder: EmbedderDeps,
+    query_batch: QueryBatchSettings,
     ingest: IngestDeps,
     retriever: RetrieverDeps,
     retrieval: RetrievalSettings,
@@ -142,6 +146,7 @@ impl Standalone {
                 topology: topology.clone(),
                 models,
             },
+            query_batch: settings.query_batch.clone(),
             retriever: RetrieverDeps {
                 bus: bus.clone(),
                 topology: topology.clone(),
@@ -181,7 +186,7 @@ impl Standalone {
                 guard("gateway", stop.clone())(r.map_err(anyhow::Error::from))
             },
             async {
-                let r = embedder::run(self.embedder, shutdown.clone()).await;
+                let r = embedder::run(self.embedder, &self.query_batch, shutdown.clone()).await;
                 guard("embedder", stop.clone())(r.map_err(anyhow::Error::from))
             },
             async {

@@ -117,6 +117,11 @@ impl SessionPool {
         }
     }
 
+    /// Number of sessions, i.e. how many runs can go at the same time.
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
     pub(crate) fn get(&self) -> MutexGuard<'_, Session> {
         let n = self.sessions.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);

@@ -119,6 +119,12 @@ impl TextModel {
         MINILM_DIM
     }
 
+    /// Number of ONNX sessions, i.e. how many [`TextModel::embed`] calls run at the same
+    /// time (the rest wait for a session).
+    pub fn sessions(&self) -> usize {
+        self.pool.len()
+    }
+
     /// Token limit (texts are truncated to it).
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
