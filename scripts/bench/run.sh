@@ -339,9 +339,9 @@ bench_queries_services() {
 }
 
 step "building release binaries"
-cargo build --release -p loadgen -p standalone -p gateway -p embedder -p ingest-writer -p retriever
+cargo build --release --workspace --bins
 if [ "$CRITERION" = 1 ]; then
-  cargo bench -p embedder --bench embed --no-run
+  cargo bench --workspace --bench embed --no-run
 fi
 
 for part in $PARTS; do
@@ -360,7 +360,7 @@ if [ "$CRITERION" = 1 ]; then
   step "raw model throughput (criterion)"
   rm -rf target/criterion/embed
   record "cargo bench -p embedder --bench embed"
-  cargo bench -p embedder --bench embed 2>&1 | tee "$WORK/criterion.log" | grep -E 'embed/|thrpt' || true
+  cargo bench --workspace --bench embed 2>&1 | tee "$WORK/criterion.log" | grep -E 'embed/|thrpt' || true
 fi
 
 step "raw model throughput on the dev set's episode texts"
