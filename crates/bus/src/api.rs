@@ -237,6 +237,12 @@ pub trait RequestHandler: Send + Sync {
     async fn handle(&self, payload: Bytes) -> Bytes;
 }
 
+/// Receives notices (see [`Bus::listen`]).
+#[async_trait]
+pub trait NoticeHandler: Send + Sync {
+    async fn notice(&self, subject: &str, payload: Bytes);
+}
+
 /// The whole messaging abstraction.
 #[async_trait]
 pub trait Bus: Publisher {
@@ -267,6 +273,19 @@ pub trait Bus: Publisher {
         subject: &str,
         queue_group: &str,
         handler: Arc<dyn RequestHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, BusError>;
+
+    /// Sends a notice to every current listener of `subject` (fan-out, not persisted: a
+    /// listener that is not connected misses it). For cache invalidation across replicas.
+    async fn notify(&self, subject: &str, payload: Bytes) -> Result<(), BusError>;
+
+    /// Calls `handler` with every notice on `subject` (a pattern; `>` and `*` allowed)
+    /// until `shutdown` is cancelled. Every listener gets every notice.
+    async fn listen(
+        &self,
+        subject: &str,
+        handler: Arc<dyn NoticeHandler>,
         shutdown: CancellationToken,
     ) -> Result<JoinHandle<()>, BusError>;
 

@@ -21,8 +21,8 @@ mod nats;
 mod subject;
 
 pub use api::{
-    AckHandle, Bus, Delivery, OutboundMessage, PublishAck, Publisher, RequestHandler, Subscription,
-    ensure_topology,
+    AckHandle, Bus, Delivery, NoticeHandler, OutboundMessage, PublishAck, Publisher,
+    RequestHandler, Subscription, ensure_topology,
 };
 pub use consume::{
     BatchHandler, CONSUMER_BATCH_SIZE, CONSUMER_HANDLE_SECONDS, CONSUMER_MESSAGES_TOTAL, Incoming,

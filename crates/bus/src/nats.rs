@@ -28,7 +28,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    AckHandle, Bus, Delivery, OutboundMessage, PublishAck, Publisher, RequestHandler, Subscription,
+    AckHandle, Bus, Delivery, NoticeHandler, OutboundMessage, PublishAck, Publisher,
+    RequestHandler, Subscription,
 };
 use crate::error::BusError;
 use crate::subject::is_valid_pattern;
@@ -422,6 +423,56 @@ impl Bus for NatsBus {
                 RequestErrorKind::Other => BusError::Unavailable(format!("request failed: {e}")),
             }),
         }
+    }
+
+    async fn notify(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        self.ensure_connected()?;
+        let size = payload.len();
+        if size > self.max_payload() {
+            return Err(BusError::PayloadTooLarge {
+                size,
+                max: self.max_payload(),
+            });
+        }
+        self.client
+            .publish(subject.to_owned(), payload)
+            .await
+            .map_err(|e| {
+                BusError::Unavailable(format!("cannot publish a notice on {subject}: {e}"))
+            })?;
+        // Core publishes are buffered; a notice is only useful if it leaves now.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot flush a notice on {subject}: {e}")))
+    }
+
+    async fn listen(
+        &self,
+        subject: &str,
+        handler: Arc<dyn NoticeHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, BusError> {
+        let mut subscriber = self
+            .client
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot subscribe to {subject}: {e}")))?;
+        Ok(tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    next = subscriber.next() => next,
+                };
+                let Some(message) = next else { break };
+                handler
+                    .notice(message.subject.as_str(), message.payload)
+                    .await;
+            }
+            if let Err(e) = subscriber.unsubscribe().await {
+                debug!(error = %e, "unsubscribe failed");
+            }
+        }))
     }
 
     async fn serve(

@@ -272,6 +272,13 @@ impl Topology {
         format!("{}-retriever", self.prefix)
     }
 
+    /// Fan-out notices between gateway replicas that a key was revoked or a customer
+    /// changed (suspended, re-tiered, deleted): every replica drops what it cached
+    /// ([`AuthNotice`]). Core NATS, not persisted.
+    pub fn auth_control_subject(&self) -> String {
+        format!("{}.{VERSION}.control.auth", self.prefix)
+    }
+
     fn stream_name(&self, what: &str) -> String {
         format!(
             "{}_{}_{}",
@@ -570,6 +577,17 @@ pub enum EmbedTextReply {
 /// A fresh event id for events that are not tied to a stage (future use, e.g. tenant events).
 pub fn new_event_id() -> String {
     Uuid::now_v7().to_string()
+}
+
+/// A notice on [`Topology::auth_control_subject`]: forget cached verifications of one key
+/// or of every key of a customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthNotice {
+    /// The key was revoked (or rotated away).
+    KeyRevoked { key_id: String },
+    /// The customer's status, tier or existence changed.
+    CustomerChanged { tenant_id: TenantId },
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod settings;
 #[cfg(feature = "runtime")]
 pub mod shutdown;
 pub mod telemetry;
+pub mod tenancy;
 pub mod time_util;
 pub mod vector;
 

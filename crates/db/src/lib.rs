@@ -23,10 +23,12 @@ pub use migrate::MIGRATIONS;
 pub use pool::{Backend, Db};
 pub use repo::InsertOutcome;
 pub use repo::api_keys::{ApiKeyRecord, NewApiKey};
+pub use repo::audit::AuditEntry;
 pub use repo::captures::{CaptureRecord, NewCapture, Reservation};
 pub use repo::deletions::{Deletion, Tombstone};
 pub use repo::episodes::{
     EpisodeCursor, EpisodeFilter, EpisodePage, ListedEpisode, ScreenshotInfo, StoredEpisode,
 };
 pub use repo::feedback::{FeedbackCounts, NewFeedback};
-pub use repo::tenants::Tenant;
+pub use repo::tenants::{NewTenant, Tenant, TenantPatch};
+pub use repo::usage::{Admission, Usage, UsageKind};

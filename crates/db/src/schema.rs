@@ -7,6 +7,13 @@ diesel::table! {
         id -> Text,
         name -> Text,
         created_at -> BigInt,
+        contact_email -> Nullable<Text>,
+        tier -> Text,
+        status -> Text,
+        region -> Text,
+        billing_customer_id -> Nullable<Text>,
+        billing_subscription_id -> Nullable<Text>,
+        updated_at -> BigInt,
     }
 }
 
@@ -19,6 +26,7 @@ diesel::table! {
         created_at -> BigInt,
         last_used_at -> Nullable<BigInt>,
         revoked_at -> Nullable<BigInt>,
+        scopes -> Text,
     }
 }
 
@@ -84,6 +92,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    usage_monthly (tenant_id, month) {
+        tenant_id -> Text,
+        month -> Text,
+        episodes_captured -> BigInt,
+        searches -> BigInt,
+        gates -> BigInt,
+        quota_warned -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> Text,
+        tenant_id -> Nullable<Text>,
+        actor -> Text,
+        action -> Text,
+        target -> Text,
+        request_id -> Nullable<Text>,
+        outcome -> Text,
+        details -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
@@ -93,4 +127,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     deleted_episodes,
     episode_feedback,
     episode_feedback_log,
+    usage_monthly,
+    audit_log,
 );

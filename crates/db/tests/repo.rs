@@ -4,11 +4,13 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::events::{ImageStatus, RedactionCount};
+use common::tenancy::{CustomerStatus, Scopes, Tier, UsageMonth};
 use common::time_util::now_micros;
 use common::{Embedding, Episode, EpisodeFields, EpisodeId, TenantId, VectorId};
 use db::{
     Backend, Db, DbConfig, DbError, Deletion, EpisodeCursor, EpisodeFilter, FeedbackCounts,
-    InsertOutcome, NewApiKey, NewCapture, NewFeedback, Reservation, ScreenshotInfo, StoredEpisode,
+    InsertOutcome, NewApiKey, NewCapture, NewFeedback, NewTenant, Reservation, ScreenshotInfo,
+    StoredEpisode, TenantPatch,
 };
 use test_support::db::TestDb;
 
@@ -49,7 +51,148 @@ on_both_backends!(
     delete_tombstones_once_and_is_tenant_scoped,
     purge_removes_what_raced_a_deletion,
     feedback_is_counted_per_tenant_and_dies_with_the_episode,
+    customers_are_created_listed_and_patched,
+    capture_quota_is_never_exceeded_under_concurrency,
+    usage_and_quota_warnings_are_per_month,
+    audit_log_pages_and_filters_by_customer,
 );
+
+async fn customers_are_created_listed_and_patched(db: &Db) {
+    let a = db
+        .create_customer(NewTenant {
+            contact_email: Some("ops@acme.example".into()),
+            tier: Tier::Pro,
+            region: "eu-west-1".into(),
+            ..NewTenant::named("acme")
+        })
+        .await
+        .expect("create");
+    assert_eq!(db.get_tenant(a.id).await.expect("get"), Some(a.clone()));
+    assert_eq!((a.tier, a.status), (Tier::Pro, CustomerStatus::Active));
+    let b = db.create_tenant("beta").await.expect("create");
+    assert_eq!(b.tier, Tier::Enterprise);
+    let all = db.list_customers(None, 10, None).await.expect("list");
+    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), [a.id, b.id]);
+    let page = db.list_customers(Some(a.id), 10, None).await.expect("list");
+    assert_eq!(page.iter().map(|t| t.id).collect::<Vec<_>>(), [b.id]);
+
+    let patched = db
+        .update_customer(
+            a.id,
+            &TenantPatch {
+                status: Some(CustomerStatus::Suspended),
+                contact_email: Some(None),
+                ..TenantPatch::default()
+            },
+        )
+        .await
+        .expect("update")
+        .expect("present");
+    assert_eq!(patched.status, CustomerStatus::Suspended);
+    assert_eq!(patched.contact_email, None);
+    assert_eq!(patched.tier, Tier::Pro);
+    assert!(patched.updated_at >= a.updated_at);
+    assert_eq!(db.get_tenant(a.id).await.expect("get"), Some(patched));
+    let suspended = db
+        .list_customers(None, 10, Some(CustomerStatus::Suspended))
+        .await
+        .expect("list");
+    assert_eq!(suspended.iter().map(|t| t.id).collect::<Vec<_>>(), [a.id]);
+    assert_eq!(
+        db.update_customer(TenantId::new(), &TenantPatch::default())
+            .await
+            .expect("update"),
+        None
+    );
+}
+
+async fn capture_quota_is_never_exceeded_under_concurrency(db: &Db) {
+    let t = db.create_tenant("quota").await.expect("tenant");
+    let month: UsageMonth = "2026-11".parse().expect("month");
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { db.admit_capture(t.id, month, Some(25)).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        if task.await.expect("task").expect("admit").admitted {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 25);
+    let usage = db.usage(t.id, month).await.expect("usage").expect("row");
+    assert_eq!(usage.episodes_captured, 25);
+    let refused = db
+        .admit_capture(t.id, month, Some(25))
+        .await
+        .expect("admit");
+    assert_eq!((refused.admitted, refused.count), (false, 25));
+    db.release_capture(t.id, month).await.expect("release");
+    let again = db
+        .admit_capture(t.id, month, Some(25))
+        .await
+        .expect("admit");
+    assert_eq!((again.admitted, again.count), (true, 25));
+    // No limit: always admitted.
+    let free = db.admit_capture(t.id, month, None).await.expect("admit");
+    assert_eq!((free.admitted, free.count), (true, 26));
+}
+
+async fn usage_and_quota_warnings_are_per_month(db: &Db) {
+    let t = db.create_tenant("usage").await.expect("tenant");
+    let nov: UsageMonth = "2026-11".parse().expect("month");
+    let dec: UsageMonth = "2026-12".parse().expect("month");
+    db.add_usage(t.id, nov, 3, 2).await.expect("add");
+    db.add_usage(t.id, nov, 1, 0).await.expect("add");
+    db.add_usage(t.id, dec, 0, 5).await.expect("add");
+    let n = db.usage(t.id, nov).await.expect("usage").expect("row");
+    assert_eq!((n.searches, n.gates, n.episodes_captured), (4, 2, 0));
+    assert_eq!(
+        db.usage_history(t.id)
+            .await
+            .expect("history")
+            .iter()
+            .map(|u| u.month)
+            .collect::<Vec<_>>(),
+        [dec, nov]
+    );
+    assert!(db.raise_quota_warning(t.id, nov, 80).await.expect("warn"));
+    assert!(!db.raise_quota_warning(t.id, nov, 80).await.expect("warn"));
+    assert!(db.raise_quota_warning(t.id, nov, 100).await.expect("warn"));
+    assert!(db.raise_quota_warning(t.id, dec, 80).await.expect("warn"));
+    assert_eq!(db.usage(TenantId::new(), nov).await.expect("usage"), None);
+}
+
+async fn audit_log_pages_and_filters_by_customer(db: &Db) {
+    let a = db.create_tenant("a").await.expect("tenant");
+    let b = db.create_tenant("b").await.expect("tenant");
+    let mut ids = Vec::new();
+    for (i, tenant) in [Some(a.id), Some(b.id), None, Some(a.id)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut entry =
+            db::AuditEntry::new(tenant, "admin", "key.create", format!("k{i}"), "success");
+        entry.details = Some(serde_json::json!({"i": i}));
+        entry.request_id = Some(format!("req-{i}"));
+        db.append_audit(&entry).await.expect("append");
+        ids.push(entry.id);
+        // UUIDv7 orders by millisecond; keep the entries in distinct milliseconds.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all = db.list_audit(None, None, 10).await.expect("list");
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    assert_eq!(all[0].details, Some(serde_json::json!({"i": 0})));
+    let only_a = db.list_audit(Some(a.id), None, 10).await.expect("list");
+    assert_eq!(
+        only_a.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+        ["k0", "k3"]
+    );
+    let page = db.list_audit(None, Some(ids[1]), 2).await.expect("list");
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..4]);
+}
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR fake but sniffable";
 
@@ -147,6 +290,7 @@ async fn tenant_and_key_round_trip(db: &Db) {
         tenant_id: tenant.id,
         secret_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         name: "ci".into(),
+        scopes: Scopes::parse_stored("search reflect").expect("valid"),
         created_at: now_micros(),
     };
     db.insert_api_key(&key).await.expect("insert key");
@@ -158,6 +302,16 @@ async fn tenant_and_key_round_trip(db: &Db) {
     assert_eq!(found.tenant_id, tenant.id);
     assert_eq!(found.secret_hash, key.secret_hash);
     assert_eq!(found.created_at, key.created_at);
+    assert_eq!(found.scopes, key.scopes);
+    assert_eq!(
+        db.list_api_keys(tenant.id)
+            .await
+            .expect("list")
+            .iter()
+            .map(|k| k.key_id.as_str())
+            .collect::<Vec<_>>(),
+        [key.key_id.as_str()]
+    );
     assert_eq!((found.last_used_at, found.revoked_at), (None, None));
 
     let used = now_micros();
@@ -190,6 +344,7 @@ async fn revoked_key_is_visible(db: &Db) {
         tenant_id: tenant.id,
         secret_hash: "h".into(),
         name: "laptop".into(),
+        scopes: Scopes::ALL,
         created_at: now_micros(),
     };
     db.insert_api_key(&key).await.expect("insert key");

@@ -14,6 +14,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use common::TenantId;
+use common::events::AuthNotice;
+use common::tenancy::{CustomerStatus, Scope, Scopes, Tier};
 use db::Db;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
@@ -126,47 +128,154 @@ pub fn verify_secret(secret: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Authenticates requests against the customer database, with a verification cache.
+/// Who is calling: the customer, the key and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: TenantId,
+    pub key_id: String,
+    pub scopes: Scopes,
+    pub tier: Tier,
+}
+
+impl Principal {
+    /// Refuses the request (403 `insufficient_scope`) unless the key has `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::InsufficientScope(scope))
+        }
+    }
+}
+
+/// A key whose secret was verified.
+#[derive(Debug, Clone)]
+struct VerifiedKey {
+    key_id: String,
+    tenant: TenantId,
+    scopes: Scopes,
+}
+
+/// What a request needs to know about the customer.
+#[derive(Debug, Clone, Copy)]
+struct CustomerState {
+    status: CustomerStatus,
+    tier: Tier,
+}
+
+/// Authenticates requests against the customer database. Two caches keep argon2 and the
+/// database off the hot path: verified keys (by the SHA-256 of the whole key) and customer
+/// states (status, tier). A revocation or a customer change clears the affected entries
+/// here and, through [`AuthNotice`]s on the bus, on every other gateway replica.
 #[derive(Clone)]
 pub struct Authenticator {
     db: Db,
-    cache: moka::future::Cache<[u8; 32], TenantId>,
+    keys: moka::future::Cache<[u8; 32], Arc<VerifiedKey>>,
+    customers: moka::future::Cache<TenantId, CustomerState>,
 }
 
 impl Authenticator {
     pub fn new(db: Db, cache_ttl: Duration) -> Self {
         Self {
             db,
-            cache: moka::future::Cache::builder()
+            keys: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cache_ttl)
+                .support_invalidation_closures()
+                .build(),
+            customers: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(cache_ttl)
                 .build(),
         }
     }
 
-    /// Resolves the `X-API-Key` header to a tenant.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<TenantId, ApiError> {
+    /// Resolves the `X-API-Key` header to a principal. A suspended customer is refused
+    /// (403), a deleted one is an invalid key.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
         let raw = header.ok_or(ApiError::MissingApiKey)?;
         let key = Arc::new(PresentedKey::parse(raw)?);
         let fingerprint = key.fingerprint;
         let db = self.db.clone();
-        self.cache
+        let verified = self
+            .keys
             .try_get_with(fingerprint, verify_against_db(db, key))
             .await
-            .map_err(|e: Arc<ApiError>| match &*e {
-                ApiError::InvalidApiKey => ApiError::InvalidApiKey,
-                ApiError::Unavailable(m) => ApiError::Unavailable(m.clone()),
-                other => ApiError::Internal(other.to_string()),
+            .map_err(unshare)?;
+        let db = self.db.clone();
+        let tenant = verified.tenant;
+        let state = self
+            .customers
+            .try_get_with(tenant, async move {
+                match db.get_tenant(tenant).await? {
+                    Some(t) => Ok(CustomerState {
+                        status: t.status,
+                        tier: t.tier,
+                    }),
+                    None => Err(ApiError::InvalidApiKey),
+                }
             })
+            .await
+            .map_err(unshare)?;
+        if state.status == CustomerStatus::Suspended {
+            return Err(ApiError::Suspended);
+        }
+        Ok(Principal {
+            tenant,
+            key_id: verified.key_id.clone(),
+            scopes: verified.scopes,
+            tier: state.tier,
+        })
     }
 
-    /// Drops every cached verification (after a revocation).
+    /// Forgets what a notice says is stale.
+    pub async fn apply(&self, notice: &AuthNotice) {
+        match notice {
+            AuthNotice::KeyRevoked { key_id } => {
+                let key_id = key_id.clone();
+                let _ = self
+                    .keys
+                    .invalidate_entries_if(move |_, v| v.key_id == key_id);
+            }
+            AuthNotice::CustomerChanged { tenant_id } => {
+                let tenant = *tenant_id;
+                let _ = self
+                    .keys
+                    .invalidate_entries_if(move |_, v| v.tenant == tenant);
+                self.customers.invalidate(&tenant).await;
+            }
+        }
+    }
+
+    /// Drops every cached verification.
     pub fn clear_cache(&self) {
-        self.cache.invalidate_all();
+        self.keys.invalidate_all();
+        self.customers.invalidate_all();
     }
 }
 
-async fn verify_against_db(db: Db, key: Arc<PresentedKey>) -> Result<TenantId, ApiError> {
+fn unshare(e: Arc<ApiError>) -> ApiError {
+    match &*e {
+        ApiError::InvalidApiKey => ApiError::InvalidApiKey,
+        ApiError::Unavailable(m) => ApiError::Unavailable(m.clone()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// Listens for [`AuthNotice`]s from other replicas (and this one) and applies them.
+pub struct AuthNoticeListener(pub Authenticator);
+
+#[async_trait::async_trait]
+impl bus::NoticeHandler for AuthNoticeListener {
+    async fn notice(&self, _subject: &str, payload: bytes::Bytes) {
+        match serde_json::from_slice::<AuthNotice>(&payload) {
+            Ok(notice) => self.0.apply(&notice).await,
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed auth notice"),
+        }
+    }
+}
+
+async fn verify_against_db(db: Db, key: Arc<PresentedKey>) -> Result<Arc<VerifiedKey>, ApiError> {
     let record = db.find_api_key(key.key_id()).await?;
     let Some(record) = record else {
         // Burn comparable CPU so that unknown key ids are not distinguishable by timing.
@@ -183,7 +292,11 @@ async fn verify_against_db(db: Db, key: Arc<PresentedKey>) -> Result<TenantId, A
             .await
             .map_err(|e| ApiError::Internal(format!("verification task: {e}")))?;
     if ok {
-        Ok(record.tenant_id)
+        Ok(Arc::new(VerifiedKey {
+            key_id: record.key_id,
+            tenant: record.tenant_id,
+            scopes: record.scopes,
+        }))
     } else {
         Err(ApiError::InvalidApiKey)
     }

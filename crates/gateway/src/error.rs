@@ -38,6 +38,15 @@ pub enum ApiError {
     MissingApiKey,
     #[error("invalid API key")]
     InvalidApiKey,
+    /// The customer is suspended: every request with its keys is refused.
+    #[error("this account is suspended; contact support")]
+    Suspended,
+    /// The key lacks the scope the endpoint needs.
+    #[error("this API key lacks the `{}` scope", .0.as_str())]
+    InsufficientScope(common::tenancy::Scope),
+    /// `/admin/v1` without a valid admin credential (a tenant key never is one).
+    #[error("missing or invalid admin credential (Authorization: Bearer <admin token>)")]
+    InvalidAdminCredential,
     #[error("{0}")]
     NotFound(String),
     /// An `Idempotency-Key` was reused with a different request body.
@@ -72,6 +81,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::MissingApiKey => "missing_api_key",
             ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::Suspended => "account_suspended",
+            ApiError::InsufficientScope(_) => "insufficient_scope",
+            ApiError::InvalidAdminCredential => "invalid_admin_credential",
             ApiError::NotFound(_) => "not_found",
             ApiError::IdempotencyMismatch => "idempotency_key_mismatch",
             ApiError::EpisodeDeleted(_) => "episode_deleted",
@@ -106,7 +118,10 @@ impl ResponseError for ApiError {
             }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::MissingApiKey
+            | ApiError::InvalidApiKey
+            | ApiError::InvalidAdminCredential => StatusCode::UNAUTHORIZED,
+            ApiError::Suspended | ApiError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::EpisodeDeleted(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -150,7 +165,12 @@ impl ResponseError for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT {
             builder.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
         }
-        if status == StatusCode::UNAUTHORIZED {
+        if matches!(self, ApiError::InvalidAdminCredential) {
+            builder.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"admin\""),
+            ));
+        } else if status == StatusCode::UNAUTHORIZED {
             builder.insert_header((
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("ApiKey header=\"X-API-Key\""),

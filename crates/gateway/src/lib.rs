@@ -7,10 +7,12 @@
 pub mod admin;
 pub mod auth;
 pub mod capture;
+pub mod cli;
 pub mod error;
 pub mod lifecycle;
 pub mod retriever;
 pub mod routes;
+pub mod usage;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use actix_web::{App, HttpMessage as _, HttpResponse, HttpServer, web};
 use bus::Bus;
 use common::events::Topology;
 use db::Db;
+use secrecy::SecretString;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -61,15 +64,24 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// How long a verified key is trusted without re-checking the database.
+    /// How long a verified key is trusted without re-checking the database (revocations
+    /// and customer changes clear it on every replica at once).
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// The admin API's credential (`Authorization: Bearer <token>`); unset: `/admin/v1`
+    /// refuses every request.
+    pub admin_token: Option<SecretString>,
+    /// How often buffered search and gate counts are written to the usage table.
+    #[serde(with = "humantime_serde")]
+    pub usage_flush: Duration,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             cache_ttl: Duration::from_secs(300),
+            admin_token: None,
+            usage_flush: Duration::from_secs(5),
         }
     }
 }
@@ -105,12 +117,20 @@ pub struct AppState {
     pub lifecycle: lifecycle::Lifecycle,
     pub retriever: retriever::RetrieverClient,
     pub body_limit: usize,
+    /// Customer and key administration (`/admin/v1`).
+    pub admin: admin::Admin,
+    pub admin_token: Option<SecretString>,
+    /// Buffered search and gate counts.
+    pub usage: usage::UsageCounter,
 }
 
 /// A built, listening gateway.
 pub struct Gateway {
     server: Server,
     addr: SocketAddr,
+    state: web::Data<AppState>,
+    usage_flush: Duration,
+    auth_subject: String,
 }
 
 impl Gateway {
@@ -124,8 +144,17 @@ impl Gateway {
         let listener = TcpListener::bind(&http.addr)?;
         let addr = listener.local_addr()?;
         let publisher: Arc<dyn bus::Publisher> = deps.bus.clone();
+        let authenticator = Authenticator::new(deps.db.clone(), auth.cache_ttl);
+        let auth_subject = deps.topology.auth_control_subject();
+        let notifier = admin::AuthNotifier::new(
+            Some(authenticator.clone()),
+            Some((deps.bus.clone(), auth_subject.clone())),
+        );
         let state = web::Data::new(AppState {
-            auth: Authenticator::new(deps.db.clone(), auth.cache_ttl),
+            admin: admin::Admin::new(deps.db.clone(), notifier),
+            admin_token: auth.admin_token.clone(),
+            usage: usage::UsageCounter::default(),
+            auth: authenticator,
             capture: CaptureService::new(deps.db.clone(), publisher.clone(), deps.topology.clone()),
             lifecycle: lifecycle::Lifecycle::new(deps.db.clone(), publisher, deps.topology.clone()),
             retriever: retriever::RetrieverClient::new(
@@ -137,9 +166,10 @@ impl Gateway {
             bus: deps.bus,
             body_limit: http.body_limit_bytes,
         });
+        let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
+                .app_data(app_state.clone())
                 .wrap_fn(|req, srv| {
                     let request_id = req
                         .headers()
@@ -186,6 +216,45 @@ impl Gateway {
                             web::post().to(routes::feedback::feedback),
                         ),
                 )
+                .service(
+                    web::scope("/admin/v1")
+                        .route("/customers", web::post().to(routes::admin::create_customer))
+                        .route("/customers", web::get().to(routes::admin::list_customers))
+                        .route(
+                            "/customers/{id}",
+                            web::get().to(routes::admin::get_customer),
+                        )
+                        .route(
+                            "/customers/{id}",
+                            web::patch().to(routes::admin::update_customer),
+                        )
+                        .route(
+                            "/customers/{id}/suspend",
+                            web::post().to(routes::admin::suspend),
+                        )
+                        .route(
+                            "/customers/{id}/reactivate",
+                            web::post().to(routes::admin::reactivate),
+                        )
+                        .route(
+                            "/customers/{id}/keys",
+                            web::get().to(routes::admin::list_keys),
+                        )
+                        .route(
+                            "/customers/{id}/keys",
+                            web::post().to(routes::admin::create_key),
+                        )
+                        .route("/customers/{id}/usage", web::get().to(routes::admin::usage))
+                        .route(
+                            "/keys/{key_id}/rotate",
+                            web::post().to(routes::admin::rotate_key),
+                        )
+                        .route(
+                            "/keys/{key_id}",
+                            web::delete().to(routes::admin::revoke_key),
+                        )
+                        .route("/audit", web::get().to(routes::admin::audit)),
+                )
                 .default_service(web::to(not_found))
         })
         .listen(listener)?
@@ -197,6 +266,9 @@ impl Gateway {
         Ok(Self {
             server: server.run(),
             addr,
+            state,
+            usage_flush: auth.usage_flush,
+            auth_subject,
         })
     }
 
@@ -204,8 +276,29 @@ impl Gateway {
         self.addr
     }
 
-    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests. Also listens
+    /// for auth notices from other replicas and flushes usage counts.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let listener = auth::AuthNoticeListener(self.state.auth.clone());
+        let notices = match self
+            .state
+            .bus
+            .listen(&self.auth_subject, Arc::new(listener), shutdown.clone())
+            .await
+        {
+            Ok(task) => Some(task),
+            Err(e) => {
+                // Without the bus, other replicas' revocations reach this one at the
+                // cache TTL; this replica's own changes still apply at once.
+                tracing::warn!(error = %e, "cannot listen for auth notices");
+                None
+            }
+        };
+        let flusher = tokio::spawn(self.state.usage.clone().run(
+            self.state.db.clone(),
+            self.usage_flush,
+            shutdown.clone(),
+        ));
         let handle = self.server.handle();
         let stopper = tokio::spawn(async move {
             shutdown.cancelled().await;
@@ -213,6 +306,10 @@ impl Gateway {
         });
         let result = self.server.await;
         stopper.abort();
+        let _ = flusher.await;
+        if let Some(task) = notices {
+            let _ = task.await;
+        }
         result
     }
 }

@@ -36,6 +36,11 @@ enum Command {
         #[arg(long, default_value = "default")]
         name: String,
     },
+    /// Customers, keys, usage and the audit log (the admin API's operations).
+    Admin {
+        #[command(subcommand)]
+        command: gateway::cli::AdminCommand,
+    },
 }
 
 #[tokio::main]
@@ -63,6 +68,30 @@ async fn main() -> anyhow::Result<()> {
         Command::CreateKey { tenant, name } => {
             let (key_id, key) = gateway::admin::create_api_key(&db, tenant, &name).await?;
             print_key(tenant, &key_id, key.expose_secret());
+        }
+        Command::Admin { command } => {
+            db.migrate().await?;
+            // Running gateways hear about revocations and customer changes over NATS.
+            let bus: Option<(Arc<dyn bus::Bus>, String)> = match tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                bus::NatsBus::connect(settings.nats.clone()),
+            )
+            .await
+            {
+                Ok(Ok(nats)) => Some((
+                    Arc::new(nats),
+                    settings.events.build()?.auth_control_subject(),
+                )),
+                _ => {
+                    tracing::warn!(
+                        "NATS unreachable: running gateways apply this change at their auth cache TTL"
+                    );
+                    None
+                }
+            };
+            let admin =
+                gateway::admin::Admin::new(db, gateway::admin::AuthNotifier::new(None, bus));
+            gateway::cli::run(&admin, command).await?;
         }
         Command::Serve => {
             if settings.run_migrations.unwrap_or(true) {

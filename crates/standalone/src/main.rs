@@ -38,6 +38,12 @@ enum Command {
     },
     /// Rebuild the vector indexes from the system of record.
     Reindex,
+    /// Customers, keys, usage and the audit log. A running server applies revocations
+    /// made here at its auth cache TTL; the admin API (`/admin/v1`) applies them at once.
+    Admin {
+        #[command(subcommand)]
+        command: gateway::cli::AdminCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +91,11 @@ async fn main() -> anyhow::Result<()> {
             };
             print_key(tenant, &key_id, key.expose_secret());
             Ok(())
+        }
+        Command::Admin { command } => {
+            let db = standalone::open_db(&settings.data_dir).await?;
+            let admin = gateway::admin::Admin::new(db, gateway::admin::AuthNotifier::default());
+            gateway::cli::run(&admin, command).await
         }
         Command::Reindex => {
             let db = standalone::open_db(&settings.data_dir).await?;

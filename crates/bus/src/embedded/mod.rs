@@ -25,7 +25,8 @@ use tracing::{debug, warn};
 use self::rpc::Rpc;
 use self::store::{ConsumerDef, Store};
 use crate::api::{
-    AckHandle, Bus, Delivery, OutboundMessage, PublishAck, Publisher, RequestHandler, Subscription,
+    AckHandle, Bus, Delivery, NoticeHandler, OutboundMessage, PublishAck, Publisher,
+    RequestHandler, Subscription,
 };
 use crate::error::BusError;
 
@@ -261,6 +262,25 @@ impl Bus for EmbeddedBus {
         self.inner
             .rpc
             .serve(subject, queue_group, handler, shutdown)
+    }
+
+    async fn notify(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        if payload.len() > self.inner.max_payload {
+            return Err(BusError::PayloadTooLarge {
+                size: payload.len(),
+                max: self.inner.max_payload,
+            });
+        }
+        self.inner.rpc.notify(subject, payload)
+    }
+
+    async fn listen(
+        &self,
+        subject: &str,
+        handler: Arc<dyn NoticeHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, BusError> {
+        self.inner.rpc.listen(subject, handler, shutdown)
     }
 
     async fn health(&self) -> Result<(), BusError> {

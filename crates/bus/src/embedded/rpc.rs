@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::RequestHandler;
+use crate::api::{NoticeHandler, RequestHandler};
 use crate::error::BusError;
 use crate::subject::{is_valid_pattern, is_valid_publish_subject, subject_matches};
 
@@ -28,16 +28,23 @@ struct Responder {
     tx: mpsc::Sender<Call>,
 }
 
+struct Listener {
+    id: u64,
+    pattern: String,
+    tx: mpsc::UnboundedSender<(String, Bytes)>,
+}
+
 /// Registry of responders (queue groups are trivial in one process: each request goes to
-/// one responder, round-robin).
+/// one responder, round-robin) and of notice listeners (each notice goes to all).
 #[derive(Default)]
 pub(super) struct Rpc {
     responders: Arc<Mutex<Vec<Responder>>>,
+    listeners: Arc<Mutex<Vec<Listener>>>,
     next_id: AtomicU64,
     round_robin: AtomicUsize,
 }
 
-fn lock(m: &Mutex<Vec<Responder>>) -> MutexGuard<'_, Vec<Responder>> {
+fn lock<T>(m: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -130,6 +137,56 @@ impl Rpc {
             }
             tracker.close();
             tracker.wait().await;
+        }))
+    }
+
+    /// Hands the notice to every listener whose pattern matches.
+    pub fn notify(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        if !is_valid_publish_subject(subject) {
+            return Err(BusError::Protocol(format!(
+                "invalid notice subject {subject:?}"
+            )));
+        }
+        for l in lock(&self.listeners)
+            .iter()
+            .filter(|l| subject_matches(&l.pattern, subject))
+        {
+            // A listener that has stopped is removed by its own task.
+            let _ = l.tx.send((subject.to_owned(), payload.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn listen(
+        &self,
+        subject: &str,
+        handler: Arc<dyn NoticeHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, BusError> {
+        if !is_valid_pattern(subject) {
+            return Err(BusError::Protocol(format!(
+                "invalid listen subject {subject:?}"
+            )));
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.listeners).push(Listener {
+            id,
+            pattern: subject.to_owned(),
+            tx,
+        });
+        let listeners = Arc::clone(&self.listeners);
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    next = rx.recv() => match next {
+                        Some((subject, payload)) => handler.notice(&subject, payload).await,
+                        None => break,
+                    },
+                }
+            }
+            lock(&listeners).retain(|l| l.id != id);
         }))
     }
 }

@@ -36,6 +36,7 @@ macro_rules! contract_tests {
             consume_loop_is_exactly_once_effective_under_random_failures,
             consume_loop_sends_progress_and_finishes_batch_on_shutdown,
             request_reply_round_trip_and_no_responders,
+            notices_reach_every_listener,
         );
     };
     (@each $fixture:path, $($name:ident),+ $(,)?) => {
@@ -780,5 +781,64 @@ pub async fn request_reply_round_trip_and_no_responders(bus: Arc<dyn Bus>, t: To
     {
         Err(BusError::NoResponders(_)) => {}
         r => panic!("expected NoResponders after shutdown, got {r:?}"),
+    }
+}
+
+/// Collects the notices it hears.
+struct Collect(tokio::sync::mpsc::UnboundedSender<(String, Bytes)>);
+
+#[async_trait::async_trait]
+impl bus::NoticeHandler for Collect {
+    async fn notice(&self, subject: &str, payload: Bytes) {
+        let _ = self.0.send((subject.to_owned(), payload));
+    }
+}
+
+pub async fn notices_reach_every_listener(bus: Arc<dyn Bus>, t: Topology) {
+    let subject = t.auth_control_subject();
+    let shutdown = CancellationToken::new();
+    let mut receivers = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        receivers.push(rx);
+        tasks.push(
+            bus.listen(&subject, Arc::new(Collect(tx)), shutdown.clone())
+                .await
+                .expect("listen"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the subscriptions reach NATS
+    bus.notify(&subject, Bytes::from("one"))
+        .await
+        .expect("notify");
+    bus.notify(&subject, Bytes::from("two"))
+        .await
+        .expect("notify");
+    // Another subject is not heard.
+    bus.notify(
+        &format!("{}.v1.control.other", t.prefix()),
+        Bytes::from("x"),
+    )
+    .await
+    .expect("notify");
+    for rx in &mut receivers {
+        for want in ["one", "two"] {
+            let got = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .expect("a notice within 2 s")
+                .expect("open");
+            assert_eq!(got, (subject.clone(), Bytes::from(want)));
+        }
+    }
+    shutdown.cancel();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("the listener stops on shutdown")
+            .expect("task");
+    }
+    for rx in &mut receivers {
+        assert!(rx.try_recv().is_err(), "nothing else was heard");
     }
 }

@@ -2,6 +2,7 @@
 //! stored argon2id PHC string itself; this module never sees a plaintext secret.
 
 use common::TenantId;
+use common::tenancy::Scopes;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use time::OffsetDateTime;
@@ -21,6 +22,8 @@ pub struct NewApiKey {
     pub secret_hash: String,
     /// Human label ("ci", "laptop").
     pub name: String,
+    /// What the key may do.
+    pub scopes: Scopes,
     pub created_at: OffsetDateTime,
 }
 
@@ -31,6 +34,7 @@ pub struct ApiKeyRecord {
     pub tenant_id: TenantId,
     pub secret_hash: String,
     pub name: String,
+    pub scopes: Scopes,
     pub created_at: OffsetDateTime,
     pub last_used_at: Option<OffsetDateTime>,
     /// Set once the key is revoked; a revoked key must be refused.
@@ -48,6 +52,7 @@ struct ApiKeyRow {
     created_at: i64,
     last_used_at: Option<i64>,
     revoked_at: Option<i64>,
+    scopes: String,
 }
 
 impl TryFrom<ApiKeyRow> for ApiKeyRecord {
@@ -55,6 +60,8 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
     fn try_from(row: ApiKeyRow) -> Result<Self, DbError> {
         Ok(ApiKeyRecord {
             tenant_id: parse_col("api_keys", "tenant_id", &row.tenant_id)?,
+            scopes: Scopes::parse_stored(&row.scopes)
+                .map_err(|e| DbError::corrupt("api_keys", format!("scopes: {e}")))?,
             key_id: row.key_id,
             secret_hash: row.secret_hash,
             name: row.name,
@@ -76,6 +83,7 @@ impl Db {
             created_at: micros(key.created_at),
             last_used_at: None,
             revoked_at: None,
+            scopes: key.scopes.to_stored(),
         };
         with_conn!(self, |conn| {
             diesel::insert_into(api_keys::table)
@@ -97,6 +105,20 @@ impl Db {
                 .optional()
         })?;
         row.map(ApiKeyRecord::try_from).transpose()
+    }
+
+    /// A tenant's keys, newest first, revoked ones included.
+    pub async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKeyRecord>, DbError> {
+        let tenant = tenant.to_string();
+        let rows = with_conn!(self, |conn| {
+            api_keys::table
+                .filter(api_keys::tenant_id.eq(&tenant))
+                .select(ApiKeyRow::as_select())
+                .order(api_keys::created_at.desc())
+                .load::<ApiKeyRow>(conn)
+                .await
+        })?;
+        rows.into_iter().map(ApiKeyRecord::try_from).collect()
     }
 
     /// Records a use of the key. Returns whether the key exists.

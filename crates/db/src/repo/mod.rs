@@ -1,11 +1,13 @@
 //! Repository functions: domain types in, domain types out.
 
 pub(crate) mod api_keys;
+pub(crate) mod audit;
 pub(crate) mod captures;
 pub(crate) mod deletions;
 pub(crate) mod episodes;
 pub(crate) mod feedback;
 pub(crate) mod tenants;
+pub(crate) mod usage;
 
 use std::str::FromStr;
 

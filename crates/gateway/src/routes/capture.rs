@@ -2,6 +2,7 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use common::tenancy::Scope;
 use common::{Episode, EpisodeFields};
 use serde::Serialize;
 
@@ -21,7 +22,7 @@ pub async fn capture(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant(&req, &state).await?;
+    let tenant = tenant(&req, &state, Scope::Capture).await?;
     require_json(&req)?;
     let idempotency_key = req
         .headers()

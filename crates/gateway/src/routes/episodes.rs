@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::routes::tenant;
+use common::tenancy::Scope;
 
 /// The public view of a stored episode (docs/API.md).
 #[derive(Serialize)]
@@ -142,7 +143,7 @@ pub async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant(&req, &state).await?;
+    let tenant = tenant(&req, &state, Scope::EpisodesRead).await?;
     let id = episode_id(&path)?;
     if let Some(stored) = state.db.get_episode(tenant, id).await? {
         return Ok(HttpResponse::Ok().json(EpisodeView::from(stored)));
@@ -167,7 +168,7 @@ pub async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant(&req, &state).await?;
+    let tenant = tenant(&req, &state, Scope::EpisodesWrite).await?;
     let id = episode_id(&path)?;
     state.lifecycle.delete(tenant, id).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -345,7 +346,7 @@ struct ListBody {
 
 /// `GET /api/v1/episodes`
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant(&req, &state).await?;
+    let tenant = tenant(&req, &state, Scope::EpisodesRead).await?;
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| ApiError::validation("query", "invalid_format", e.to_string()))?
         .into_inner();

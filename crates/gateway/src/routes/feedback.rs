@@ -2,6 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use common::FieldError;
+use common::tenancy::Scope;
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -78,7 +79,7 @@ pub async fn feedback(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant(&req, &state).await?;
+    let tenant = tenant(&req, &state, Scope::EpisodesWrite).await?;
     let id = episode_id(&path)?;
     let feedback = Feedback::parse(read_json(&req, payload, BODY_LIMIT).await?)?;
     let counts = state

@@ -1,5 +1,6 @@
 //! HTTP edge: parse requests into domain types, call the service, map results out.
 
+pub mod admin;
 pub mod capture;
 pub mod episodes;
 pub mod feedback;
@@ -9,23 +10,41 @@ pub mod query;
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};
 use common::TenantId;
+use common::tenancy::Scope;
 use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use crate::AppState;
+use crate::auth::Principal;
 use crate::error::ApiError;
 
 /// Header carrying the tenant's API key.
 pub const API_KEY_HEADER: &str = "X-API-Key";
 
-/// Authenticates the request (before anything else is looked at).
-pub async fn tenant(req: &HttpRequest, state: &AppState) -> Result<TenantId, ApiError> {
+/// Authenticates the request (before anything else is looked at) and checks that the key
+/// may do `scope`.
+pub async fn principal(
+    req: &HttpRequest,
+    state: &AppState,
+    scope: Scope,
+) -> Result<Principal, ApiError> {
     let header = match req.headers().get(API_KEY_HEADER) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| ApiError::InvalidApiKey)?),
     };
-    state.auth.authenticate(header).await
+    let principal = state.auth.authenticate(header).await?;
+    principal.require(scope)?;
+    Ok(principal)
+}
+
+/// [`principal`], when only the tenant matters.
+pub async fn tenant(
+    req: &HttpRequest,
+    state: &AppState,
+    scope: Scope,
+) -> Result<TenantId, ApiError> {
+    Ok(principal(req, state, scope).await?.tenant)
 }
 
 /// Rejects explicit non-JSON content types (a missing Content-Type is accepted as JSON).

@@ -3,6 +3,8 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use common::query::{GateFields, GateRequest, SearchFields, SearchRequest};
+use common::tenancy::Scope;
+use db::UsageKind;
 
 use super::{read_json, tenant};
 use crate::AppState;
@@ -16,10 +18,11 @@ pub async fn search(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant(&req, &state).await?;
+    let tenant = tenant(&req, &state, Scope::Search).await?;
     let fields: SearchFields = read_json(&req, payload, QUERY_BODY_LIMIT).await?;
     let request = SearchRequest::parse(fields).map_err(ApiError::Validation)?;
     let results = state.retriever.search(tenant, request).await?;
+    state.usage.count(tenant, UsageKind::Search);
     Ok(json_body(results))
 }
 
@@ -28,10 +31,11 @@ pub async fn reflect(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant(&req, &state).await?;
+    let tenant = tenant(&req, &state, Scope::Reflect).await?;
     let fields: GateFields = read_json(&req, payload, QUERY_BODY_LIMIT).await?;
     let request = GateRequest::parse(fields).map_err(ApiError::Validation)?;
     let decision = state.retriever.reflect(tenant, request).await?;
+    state.usage.count(tenant, UsageKind::Gate);
     Ok(json_body(decision))
 }
 

@@ -1,0 +1,12 @@
+DROP INDEX audit_log_created_idx;
+DROP INDEX audit_log_tenant_created_idx;
+DROP TABLE audit_log;
+DROP TABLE usage_monthly;
+ALTER TABLE api_keys DROP COLUMN scopes;
+ALTER TABLE tenants DROP COLUMN updated_at;
+ALTER TABLE tenants DROP COLUMN billing_subscription_id;
+ALTER TABLE tenants DROP COLUMN billing_customer_id;
+ALTER TABLE tenants DROP COLUMN region;
+ALTER TABLE tenants DROP COLUMN status;
+ALTER TABLE tenants DROP COLUMN tier;
+ALTER TABLE tenants DROP COLUMN contact_email;
