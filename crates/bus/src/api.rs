@@ -49,6 +49,22 @@ impl OutboundMessage {
         .with_header(headers::EVENT_VERSION, envelope.version.to_string()))
     }
 
+    /// A customer-level event on `<prefix>.v1.tenants.<kind>.<tenant>`.
+    pub fn tenant_event<T: serde::Serialize>(
+        topology: &Topology,
+        kind: common::events::TenantEventKind,
+        envelope: &Envelope<T>,
+    ) -> Result<Self, serde_json::Error> {
+        let payload = serde_json::to_vec(envelope)?;
+        Ok(Self::new(
+            topology.tenant_subject(kind, envelope.tenant_id),
+            envelope.id.clone(),
+            payload.into(),
+        )
+        .with_header(headers::EVENT_TYPE, envelope.event_type.clone())
+        .with_header(headers::EVENT_VERSION, envelope.version.to_string()))
+    }
+
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
@@ -298,6 +314,7 @@ pub trait Bus: Publisher {
 pub async fn ensure_topology(bus: &dyn Bus, topology: &Topology) -> Result<(), BusError> {
     bus.ensure_stream(&topology.episodes_stream()).await?;
     bus.ensure_stream(&topology.dead_letter_stream()).await?;
+    bus.ensure_stream(&topology.tenants_stream()).await?;
     bus.ensure_consumer(&topology.embedder_consumer()).await?;
     bus.ensure_consumer(&topology.ingest_writer_consumer())
         .await?;

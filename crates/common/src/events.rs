@@ -299,6 +299,27 @@ impl Topology {
         }
     }
 
+    /// The stream of customer-level events (`<prefix>.v1.tenants.<event>.<tenant>`): quota
+    /// warnings, account deletion. Kept as long as the episodes stream.
+    pub fn tenants_stream(&self) -> StreamSpec {
+        StreamSpec {
+            name: self.stream_name("TENANTS"),
+            subjects: vec![format!("{}.{VERSION}.tenants.>", self.prefix)],
+            max_age: self.retention,
+            duplicate_window: Duration::from_secs(10 * 60),
+            replicas: self.replicas,
+        }
+    }
+
+    /// Subject of a customer-level event, e.g. `episodic.v1.tenants.quota_warning.<tenant>`.
+    pub fn tenant_subject(&self, event: TenantEventKind, tenant: TenantId) -> String {
+        format!(
+            "{}.{VERSION}.tenants.{}.{tenant}",
+            self.prefix,
+            event.subject_token()
+        )
+    }
+
     /// The dead-letter stream (kept 30 days for inspection and redrive).
     pub fn dead_letter_stream(&self) -> StreamSpec {
         StreamSpec {
@@ -577,6 +598,46 @@ pub enum EmbedTextReply {
 /// A fresh event id for events that are not tied to a stage (future use, e.g. tenant events).
 pub fn new_event_id() -> String {
     Uuid::now_v7().to_string()
+}
+
+/// Customer-level events (stream [`Topology::tenants_stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantEventKind {
+    /// `quota.warning`: the month's captures reached a warning level.
+    QuotaWarning,
+}
+
+impl TenantEventKind {
+    /// The `type` of the envelope.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            TenantEventKind::QuotaWarning => "quota.warning",
+        }
+    }
+
+    fn subject_token(self) -> &'static str {
+        match self {
+            TenantEventKind::QuotaWarning => "quota_warning",
+        }
+    }
+}
+
+/// `quota.warning`: a customer's captures this month reached `level` percent of the
+/// quota (80: approaching; 100: reached — further captures are refused, or accepted as
+/// overage where the tier allows it). Announced once per level and month; the envelope id
+/// is `<tenant>.<month>.quota.<level>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaWarning {
+    /// `YYYY-MM` (UTC).
+    pub month: String,
+    pub level: u32,
+    pub used: u64,
+    pub limit: u64,
+    /// The most that will be accepted this month (limit plus the tier's overage).
+    pub hard_limit: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub resets_at: OffsetDateTime,
 }
 
 /// A notice on [`Topology::auth_control_subject`]: forget cached verifications of one key

@@ -19,8 +19,11 @@ use std::sync::Arc;
 
 use bus::{OutboundMessage, Publisher};
 use common::events::{Envelope, EpisodeCaptured, RedactionCount, Topology};
+use common::tenancy::Tier;
 use common::{Episode, EpisodeId, TenantId, VectorId};
 use db::{Db, NewCapture, Reservation};
+
+use crate::quota::{QuotaState, Quotas};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -52,6 +55,8 @@ pub struct Accepted {
     pub episode_id: EpisodeId,
     /// True when an earlier request with the same `Idempotency-Key` was replayed.
     pub replayed: bool,
+    /// Where the customer stands against its quota (a new capture of a limited tier).
+    pub quota: Option<QuotaState>,
 }
 
 /// Redacts every free-text field and reports what was found (kinds and counts only).
@@ -80,16 +85,25 @@ pub struct CaptureService {
     db: Db,
     bus: Arc<dyn Publisher>,
     topology: Topology,
+    quotas: Quotas,
 }
 
 impl CaptureService {
-    pub fn new(db: Db, bus: Arc<dyn Publisher>, topology: Topology) -> Self {
-        Self { db, bus, topology }
+    pub fn new(db: Db, bus: Arc<dyn Publisher>, topology: Topology, quotas: Quotas) -> Self {
+        Self {
+            db,
+            bus,
+            topology,
+            quotas,
+        }
     }
 
+    /// Accepts a capture. A new one is counted against the tier's quota (429 past it; the
+    /// reservation is then forgotten); a replay is not counted again.
     pub async fn capture(
         &self,
         tenant: TenantId,
+        tier: Tier,
         episode: Episode,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Accepted, ApiError> {
@@ -139,10 +153,31 @@ impl CaptureService {
                 limit: self.bus.max_payload(),
             });
         }
-        self.bus.publish(message).await?;
+        let quota = if replayed {
+            None
+        } else {
+            match self.quotas.admit(tenant, tier).await {
+                Ok(q) => q,
+                Err(e) => {
+                    if let Err(undo) = self.db.unreserve_capture(tenant, episode_id).await {
+                        tracing::warn!(error = %undo, "could not forget a refused reservation");
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        if let Err(e) = self.bus.publish(message).await {
+            // Without an Idempotency-Key the retry is a new capture: give the unit back.
+            // With one, the retry is a replay and must not be counted again.
+            if !replayed && idempotency_key.is_none() {
+                self.quotas.release(tenant).await;
+            }
+            return Err(e.into());
+        }
         Ok(Accepted {
             episode_id,
             replayed,
+            quota,
         })
     }
 }

@@ -57,6 +57,14 @@ pub enum ApiError {
         "the episode captured with this Idempotency-Key ({0}) was deleted; send a new key to capture it again"
     )]
     EpisodeDeleted(common::EpisodeId),
+    /// The month's capture quota (plus any overage allowance) is spent.
+    #[error("the monthly capture quota is spent ({used} captured, quota {limit}); it resets at {}", .resets_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())]
+    QuotaExceeded {
+        limit: u64,
+        hard_limit: u64,
+        used: u64,
+        resets_at: time::OffsetDateTime,
+    },
     /// A dependency (NATS, the database) is unreachable; retry later.
     #[error("service temporarily unavailable: {0}")]
     Unavailable(String),
@@ -87,6 +95,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::IdempotencyMismatch => "idempotency_key_mismatch",
             ApiError::EpisodeDeleted(_) => "episode_deleted",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::Timeout(_) => "upstream_timeout",
             ApiError::Internal(_) => "internal_error",
@@ -107,6 +116,8 @@ struct Body<'a> {
     field: Option<&'a str>,
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     details: &'a [FieldError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<serde_json::Value>,
 }
 
 impl ResponseError for ApiError {
@@ -124,6 +135,7 @@ impl ResponseError for ApiError {
             ApiError::Suspended | ApiError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::EpisodeDeleted(_) => StatusCode::CONFLICT,
+            ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -176,12 +188,34 @@ impl ResponseError for ApiError {
                 HeaderValue::from_static("ApiKey header=\"X-API-Key\""),
             ));
         }
+        let mut quota = None;
+        if let ApiError::QuotaExceeded {
+            limit,
+            hard_limit,
+            used,
+            resets_at,
+        } = self
+        {
+            let wait = (*resets_at - time::OffsetDateTime::now_utc())
+                .whole_seconds()
+                .max(1);
+            builder.insert_header((header::RETRY_AFTER, HeaderValue::from(wait)));
+            quota = Some(serde_json::json!({
+                "limit": limit,
+                "hard_limit": hard_limit,
+                "used": used,
+                "resets_at": resets_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            }));
+        }
         builder.json(Envelope {
             error: Body {
                 code: self.code(),
                 message,
                 field,
                 details,
+                quota,
             },
         })
     }

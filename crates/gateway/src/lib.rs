@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cli;
 pub mod error;
 pub mod lifecycle;
+pub mod quota;
 pub mod retriever;
 pub mod routes;
 pub mod usage;
@@ -74,6 +75,8 @@ pub struct AuthSettings {
     /// How often buffered search and gate counts are written to the usage table.
     #[serde(with = "humantime_serde")]
     pub usage_flush: Duration,
+    /// Monthly capture quotas per tier.
+    pub quotas: quota::QuotaSettings,
 }
 
 impl Default for AuthSettings {
@@ -82,6 +85,7 @@ impl Default for AuthSettings {
             cache_ttl: Duration::from_secs(300),
             admin_token: None,
             usage_flush: Duration::from_secs(5),
+            quotas: quota::QuotaSettings::default(),
         }
     }
 }
@@ -155,7 +159,17 @@ impl Gateway {
             admin_token: auth.admin_token.clone(),
             usage: usage::UsageCounter::default(),
             auth: authenticator,
-            capture: CaptureService::new(deps.db.clone(), publisher.clone(), deps.topology.clone()),
+            capture: CaptureService::new(
+                deps.db.clone(),
+                publisher.clone(),
+                deps.topology.clone(),
+                quota::Quotas::new(
+                    deps.db.clone(),
+                    publisher.clone(),
+                    deps.topology.clone(),
+                    auth.quotas.clone(),
+                ),
+            ),
             lifecycle: lifecycle::Lifecycle::new(deps.db.clone(), publisher, deps.topology.clone()),
             retriever: retriever::RetrieverClient::new(
                 deps.bus.clone(),

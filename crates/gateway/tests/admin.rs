@@ -21,6 +21,7 @@ struct Cluster {
     bases: [String; 2],
     http: reqwest::Client,
     shutdown: CancellationToken,
+    topology: Topology,
     _db: TestDb,
 }
 
@@ -37,6 +38,10 @@ struct Reply {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Self::start_with(AuthSettings::default()).await
+    }
+
+    async fn start_with(auth: AuthSettings) -> Cluster {
         let db = TestDb::postgres().await;
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let topology = Topology::new(&prefix).expect("prefix");
@@ -51,6 +56,7 @@ impl Cluster {
                 .await
                 .expect("nats"),
             );
+            let bus_for_topology: Arc<dyn Bus> = bus.clone();
             let gateway = Gateway::build(
                 &HttpSettings {
                     addr: "127.0.0.1:0".into(),
@@ -59,7 +65,7 @@ impl Cluster {
                 },
                 &AuthSettings {
                     admin_token: Some(SecretString::from(ADMIN_TOKEN)),
-                    ..AuthSettings::default()
+                    ..auth.clone()
                 },
                 GatewayDeps {
                     db: db.db.clone(),
@@ -68,6 +74,9 @@ impl Cluster {
                 },
             )
             .expect("gateway");
+            bus::ensure_topology(bus_for_topology.as_ref(), &topology)
+                .await
+                .expect("streams");
             bases.push(format!("http://{}", gateway.local_addr()));
             tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
         }
@@ -77,6 +86,7 @@ impl Cluster {
             bases: [bases[0].clone(), bases[1].clone()],
             http: reqwest::Client::new(),
             shutdown,
+            topology,
             _db: db,
         }
     }
@@ -107,6 +117,32 @@ impl Cluster {
                 .header("X-API-Key", key),
         )
         .await
+    }
+
+    /// `POST /api/v1/capture` on replica `i`.
+    async fn capture(
+        &self,
+        i: usize,
+        key: &str,
+        goal: &str,
+        idempotency: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/api/v1/capture", self.bases[i]))
+            .header("X-API-Key", key)
+            .json(&json!({"goal": goal, "error_trace": "boom", "error_class": "unknown"}));
+        if let Some(k) = idempotency {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let headers = res.headers().clone();
+        (
+            status,
+            headers,
+            res.json::<Value>().await.unwrap_or(Value::Null),
+        )
     }
 
     async fn create_customer(&self, name: &str, tier: &str) -> (String, String, String) {
@@ -447,4 +483,106 @@ async fn bad_admin_input_is_a_4xx_json_error() {
             );
         }
     }
+}
+
+fn quotas(free: u64, pro: u64) -> AuthSettings {
+    AuthSettings {
+        quotas: gateway::quota::QuotaSettings {
+            free,
+            pro,
+            ..gateway::quota::QuotaSettings::default()
+        },
+        ..AuthSettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_quota_holds_across_replicas_and_warns_once_per_level() {
+    let c = Cluster::start_with(quotas(5, 0)).await;
+    let (id, _, key) = c.create_customer("acme", "free").await;
+    let nats = async_nats::connect("nats://127.0.0.1:4222")
+        .await
+        .expect("nats");
+    let tenant: common::TenantId = id.parse().expect("id");
+    let mut warnings = nats
+        .subscribe(
+            c.topology
+                .tenant_subject(common::events::TenantEventKind::QuotaWarning, tenant),
+        )
+        .await
+        .expect("subscribe");
+    let mut accepted = Vec::new();
+    for n in 0..8 {
+        let (status, headers, body) = c.capture(n % 2, &key, &format!("goal {n}"), None).await;
+        match status {
+            StatusCode::ACCEPTED => accepted.push(headers),
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+                assert_eq!(body["error"]["quota"]["limit"], 5);
+                assert!(body["error"]["quota"]["resets_at"].is_string());
+                let retry: u64 = headers["retry-after"]
+                    .to_str()
+                    .expect("ascii")
+                    .parse()
+                    .expect("seconds");
+                assert!(retry >= 1);
+            }
+            other => panic!("capture {n}: {other} {body}"),
+        }
+    }
+    assert_eq!(accepted.len(), 5, "exactly the quota is admitted");
+    let warn: Vec<Option<&str>> = accepted
+        .iter()
+        .map(|h| h.get("quota-warning").and_then(|v| v.to_str().ok()))
+        .collect();
+    assert!(warn[..3].iter().all(Option::is_none), "{warn:?}");
+    assert!(warn[3].is_some_and(|w| w.contains("level=80")), "{warn:?}");
+    assert!(warn[4].is_some_and(|w| w.contains("level=100")), "{warn:?}");
+    assert_eq!(accepted[4]["quota-used"], "5");
+    let mut levels = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures::StreamExt::next(&mut warnings),
+    )
+    .await
+    {
+        let v: Value = serde_json::from_slice(&msg.payload).expect("json");
+        assert_eq!(v["type"], "quota.warning");
+        levels.push(v["data"]["level"].as_u64().expect("level"));
+    }
+    assert_eq!(levels, [80, 100], "each level announced once");
+    // Reading keeps working when the capture quota is spent.
+    assert_eq!(c.list_episodes(0, &key).await.status, StatusCode::OK);
+    let r = c
+        .admin(
+            reqwest::Method::GET,
+            &format!("/customers/{id}/usage"),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["episodes_captured"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pro_overage_is_accepted_with_a_warning_and_replays_are_not_counted() {
+    let c = Cluster::start_with(quotas(0, 5)).await;
+    let (_, _, key) = c.create_customer("acme", "pro").await;
+    for n in 0..5 {
+        let (status, _, body) = c
+            .capture(0, &key, &format!("goal {n}"), Some(&format!("k{n}")))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    // 20 % overage: the sixth is accepted, flagged as overage.
+    let (status, headers, body) = c.capture(1, &key, "goal 5", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let warning = headers["quota-warning"].to_str().expect("ascii");
+    assert!(warning.starts_with("overage"), "{warning}");
+    let (status, _, body) = c.capture(1, &key, "goal 6", None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["quota"]["hard_limit"], 6);
+    // A replay of an accepted capture is still answered as one, not refused.
+    let (status, headers, body) = c.capture(0, &key, "goal 0", Some("k0")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(headers["idempotent-replayed"], "true");
 }

@@ -150,4 +150,24 @@ impl Db {
         })?;
         row.map(CaptureRecord::try_from).transpose()
     }
+
+    /// Forgets a reservation that was refused before anything was published (the quota was
+    /// spent), so the same `Idempotency-Key` can be used again later.
+    pub async fn unreserve_capture(
+        &self,
+        tenant: TenantId,
+        episode_id: EpisodeId,
+    ) -> Result<(), DbError> {
+        let (tenant, id) = (tenant.to_string(), episode_id.to_string());
+        with_conn!(self, |conn| {
+            diesel::delete(
+                captures::table
+                    .find(&id)
+                    .filter(captures::tenant_id.eq(&tenant)),
+            )
+            .execute(conn)
+            .await
+        })?;
+        Ok(())
+    }
 }

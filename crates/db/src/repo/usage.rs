@@ -200,6 +200,29 @@ impl Db {
         Ok(rows > 0)
     }
 
+    /// Undoes [`Db::raise_quota_warning`] to `level` (its announcement failed), so the next
+    /// capture announces it again.
+    pub async fn lower_quota_warning(
+        &self,
+        tenant: TenantId,
+        month: UsageMonth,
+        level: i64,
+    ) -> Result<(), DbError> {
+        let (t, m) = (tenant.to_string(), month.to_string());
+        with_conn!(self, |conn| {
+            diesel::update(
+                usage_monthly::table
+                    .filter(usage_monthly::tenant_id.eq(&t))
+                    .filter(usage_monthly::month.eq(&m))
+                    .filter(usage_monthly::quota_warned.eq(level)),
+            )
+            .set(usage_monthly::quota_warned.eq(level - 1))
+            .execute(conn)
+            .await
+        })?;
+        Ok(())
+    }
+
     /// The tenant's counters for `month`, if anything was counted.
     pub async fn usage(
         &self,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::AppState;
 use crate::capture::IdempotencyKey;
 use crate::error::ApiError;
-use crate::routes::{parse_json, read_body, require_json, tenant};
+use crate::routes::{parse_json, principal, read_body, require_json};
 
 #[derive(Serialize)]
 struct AcceptedBody {
@@ -22,7 +22,8 @@ pub async fn capture(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = tenant(&req, &state, Scope::Capture).await?;
+    let principal = principal(&req, &state, Scope::Capture).await?;
+    let tenant = principal.tenant;
     require_json(&req)?;
     let idempotency_key = req
         .headers()
@@ -44,13 +45,20 @@ pub async fn capture(
     let episode = Episode::parse(fields).map_err(|e| ApiError::Validation(e.0))?;
     let accepted = state
         .capture
-        .capture(tenant, episode, idempotency_key)
+        .capture(tenant, principal.tier, episode, idempotency_key)
         .await?;
     let id = accepted.episode_id.to_string();
     let mut response = HttpResponse::Accepted();
     response.insert_header((header::LOCATION, format!("/api/v1/episodes/{id}")));
     if accepted.replayed {
         response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    if let Some(quota) = &accepted.quota {
+        response.insert_header(("Quota-Limit", quota.limit.to_string()));
+        response.insert_header(("Quota-Used", quota.used.to_string()));
+        if let Some(warning) = quota.warning() {
+            response.insert_header(("Quota-Warning", warning));
+        }
     }
     Ok(response.json(AcceptedBody {
         episode_id: id,
