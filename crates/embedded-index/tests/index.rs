@@ -472,7 +472,14 @@ async fn reopen_after_drop_keeps_data() {
         .search_detailed(&query(a, &records[2].embedding, 5))
         .expect("search");
     assert_eq!(out.path, SearchPath::Ann, "graph rebuilt at open");
-    assert_eq!(out.hits[0].id, records[2].id);
+    // The graph is approximate (and built concurrently, so not the same graph every run):
+    // the stored vector itself is among the top hits, not necessarily first. The exact
+    // path above checks the first place.
+    assert!(
+        out.hits.iter().any(|h| h.id == records[2].id),
+        "{:?}",
+        out.hits
+    );
     drop(index);
     assert!(matches!(
         EmbeddedIndex::open(dir.path(), DIM + 1),
