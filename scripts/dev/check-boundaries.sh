@@ -28,6 +28,7 @@ expect actix-web "gateway"                   # only the gateway speaks HTTP
 expect async-nats "bus"                      # NATS lives behind the bus abstraction
 expect ort "embedder"                        # only the embedder runs models
 expect diesel-async "db"                      # the system of record is reached through db
+expect redis "ratelimit"                     # Redis is reached through the rate limiter
 
 # common depends on no IO framework (without its opt-in `runtime` feature for binaries).
 if cargo tree --offline -p common -e normal --no-default-features --prefix none 2>/dev/null \
