@@ -23,7 +23,7 @@ use common::ErrorClass;
 use common::query::{GateRequest, Recommendation};
 use serde::Deserialize;
 
-use crate::lesson::{Lesson, situation_overlap};
+use crate::lesson::{Lesson, Situation};
 
 /// Gate thresholds (`EM_RETRIEVER__GATE__*`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -77,8 +77,10 @@ pub struct Verdict {
 /// Decides on a proposed action given its matches, best first.
 pub fn decide(req: &GateRequest, matches: &[Match<'_>], s: &GateSettings) -> Verdict {
     let action = req.proposed_action.trim();
-    let situation =
-        |i: usize| situation_overlap(action, &req.context, &req.current_state, matches[i].episode);
+    // How much of the agent's situation each match's circumstances share, computed once.
+    let agent = Situation::of(action, &req.context, &req.current_state);
+    let situations: Vec<usize> = matches.iter().map(|m| agent.overlap(m.episode)).collect();
+    let situation = |i: usize| situations[i];
     let relevant: Vec<usize> = (0..matches.len())
         .filter(|&i| matches[i].similarity >= s.relevant_similarity)
         .collect();

@@ -126,36 +126,44 @@ const SITUATION_STOP: [&str; 34] = [
     "with",
 ];
 
-/// How many words of the agent's situation (its context and current state, minus the
-/// action's own words) the stored failure's circumstances (goal, error trace, resolution,
-/// minus its commands' words) also use. Compound words count whole and by their parts
-/// (`proxy_pass` → `proxy_pass`, `proxy`, `pass`).
-pub fn situation_overlap(
-    action: &str,
-    context: &str,
-    state: &std::collections::BTreeMap<String, String>,
-    episode: &common::Episode,
-) -> usize {
-    let mut situation = String::from(context);
-    for (k, v) in state {
-        situation.push(' ');
-        situation.push_str(k);
-        situation.push(' ');
-        situation.push_str(v);
-    }
-    let mut said = word_parts(&situation);
-    for w in word_parts(action) {
-        said.remove(&w);
-    }
-    let mut circumstances = word_parts(episode.goal());
-    circumstances.extend(word_parts(episode.error_trace()));
-    circumstances.extend(word_parts(episode.resolution().unwrap_or("")));
-    for a in episode.actions_taken() {
-        for w in word_parts(a) {
-            circumstances.remove(&w);
+/// The words of the agent's situation: its context and current state, minus the action's
+/// own words. Compound words count whole and by their parts (`proxy_pass` → `proxy_pass`,
+/// `proxy`, `pass`).
+pub struct Situation(HashSet<String>);
+
+impl Situation {
+    pub fn of(
+        action: &str,
+        context: &str,
+        state: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        let mut text = String::from(context);
+        for (k, v) in state {
+            text.push(' ');
+            text.push_str(k);
+            text.push(' ');
+            text.push_str(v);
         }
+        let mut said = word_parts(&text);
+        for w in word_parts(action) {
+            said.remove(&w);
+        }
+        Situation(said)
     }
-    said.intersection(&circumstances).count()
+
+    /// How many of these words the stored failure's circumstances (goal, error trace,
+    /// resolution, minus its commands' words) also use.
+    pub fn overlap(&self, episode: &common::Episode) -> usize {
+        let mut circumstances = word_parts(episode.goal());
+        circumstances.extend(word_parts(episode.error_trace()));
+        circumstances.extend(word_parts(episode.resolution().unwrap_or("")));
+        for a in episode.actions_taken() {
+            for w in word_parts(a) {
+                circumstances.remove(&w);
+            }
+        }
+        self.0.intersection(&circumstances).count()
+    }
 }
 
 fn word_parts(text: &str) -> HashSet<String> {
