@@ -106,8 +106,7 @@ impl Db {
         let rows = with_conn!(self, |conn| {
             diesel::update(
                 usage_monthly::table
-                    .filter(usage_monthly::tenant_id.eq(&t))
-                    .filter(usage_monthly::month.eq(&m))
+                    .find((&t, &m))
                     .filter(usage_monthly::episodes_captured.lt(ceiling)),
             )
             .set((
@@ -137,8 +136,7 @@ impl Db {
         with_conn!(self, |conn| {
             diesel::update(
                 usage_monthly::table
-                    .filter(usage_monthly::tenant_id.eq(&t))
-                    .filter(usage_monthly::month.eq(&m))
+                    .find((&t, &m))
                     .filter(usage_monthly::episodes_captured.gt(0)),
             )
             .set(usage_monthly::episodes_captured.eq(usage_monthly::episodes_captured - 1))
@@ -160,18 +158,14 @@ impl Db {
         self.ensure_usage_row(&t, &m).await?;
         let at = now();
         with_conn!(self, |conn| {
-            diesel::update(
-                usage_monthly::table
-                    .filter(usage_monthly::tenant_id.eq(&t))
-                    .filter(usage_monthly::month.eq(&m)),
-            )
-            .set((
-                usage_monthly::searches.eq(usage_monthly::searches + searches),
-                usage_monthly::gates.eq(usage_monthly::gates + gates),
-                usage_monthly::updated_at.eq(at),
-            ))
-            .execute(conn)
-            .await
+            diesel::update(usage_monthly::table.find((&t, &m)))
+                .set((
+                    usage_monthly::searches.eq(usage_monthly::searches + searches),
+                    usage_monthly::gates.eq(usage_monthly::gates + gates),
+                    usage_monthly::updated_at.eq(at),
+                ))
+                .execute(conn)
+                .await
         })?;
         Ok(())
     }
@@ -189,8 +183,7 @@ impl Db {
         let rows = with_conn!(self, |conn| {
             diesel::update(
                 usage_monthly::table
-                    .filter(usage_monthly::tenant_id.eq(&t))
-                    .filter(usage_monthly::month.eq(&m))
+                    .find((&t, &m))
                     .filter(usage_monthly::quota_warned.lt(level)),
             )
             .set(usage_monthly::quota_warned.eq(level))
@@ -212,8 +205,7 @@ impl Db {
         with_conn!(self, |conn| {
             diesel::update(
                 usage_monthly::table
-                    .filter(usage_monthly::tenant_id.eq(&t))
-                    .filter(usage_monthly::month.eq(&m))
+                    .find((&t, &m))
                     .filter(usage_monthly::quota_warned.eq(level)),
             )
             .set(usage_monthly::quota_warned.eq(level - 1))
